@@ -1,0 +1,1 @@
+"""PyTorch Chatterbox checkpoints -> converted MLX model dir. The only package that knows torch names."""

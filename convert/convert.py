@@ -1,0 +1,118 @@
+"""Original Chatterbox checkpoint -> converted model dir (config.json + MLX safetensors)."""
+
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+
+from nightingale_mlx import model_io
+from nightingale_mlx.config import DEFAULT_PROFILE, T3_CHECKPOINT_FILES, ModelConfig, T3Config
+from nightingale_mlx.models.t3 import T3
+
+from .checkpoint import read_checkpoint
+from .sanitize import ConversionError, sanitize_t3, t3_dims
+
+DTYPES = {"fp32": mx.float32, "fp16": mx.float16}
+# Preference when a dir holds several variants (the HF repo holds all three): newest first.
+AUTO_ORDER = ("mtl-v3", "mtl-v2", "en")
+
+
+def detect_variant(checkpoint: Path, variant: str = "auto") -> str:
+    if variant != "auto":
+        if variant not in T3_CHECKPOINT_FILES:
+            raise ConversionError(f"unknown variant {variant!r}; expected auto, {', '.join(T3_CHECKPOINT_FILES)}")
+        if not (checkpoint / T3_CHECKPOINT_FILES[variant]).is_file():
+            raise ConversionError(f"{checkpoint}: no {T3_CHECKPOINT_FILES[variant]} for variant {variant}")
+        return variant
+    for v in AUTO_ORDER:
+        if (checkpoint / T3_CHECKPOINT_FILES[v]).is_file():
+            return v
+    names = ", ".join(T3_CHECKPOINT_FILES.values())
+    raise ConversionError(f"{checkpoint}: not a Chatterbox checkpoint dir (none of {names} found)")
+
+
+def convert_t3(checkpoint: Path, variant: str, dtype: str, overrides: Optional[dict] = None):
+    weights = read_checkpoint(checkpoint / T3_CHECKPOINT_FILES[variant])
+    dims = t3_dims(weights)
+    cfg = T3Config.from_dict({**dims, **(overrides or {})})
+    if (variant == "en") == cfg.is_multilingual:
+        raise ConversionError(
+            f"{variant} checkpoint has a text vocabulary of {cfg.text_vocab_size}, which is the other variant's"
+        )
+    for layer, head in cfg.alignment_heads:
+        if layer >= cfg.num_hidden_layers or head >= cfg.num_attention_heads:
+            raise ConversionError(f"alignment head ({layer}, {head}) is outside the {dims} backbone")
+    model = T3(cfg)
+    weights = {k: mx.array(v) for k, v in sanitize_t3(weights).items()}
+    model_io._load_strict(model, weights, checkpoint / T3_CHECKPOINT_FILES[variant])
+    model.set_dtype(DTYPES[dtype])
+    return model, cfg
+
+
+@contextmanager
+def staged_output(out: Path, force: bool):
+    """Yields a temp dir beside OUT that replaces OUT only when the block succeeds (DESIGN §7).
+
+    With force: OUT -> OUT.old-<time>, tmp -> OUT, then the old dir is removed, so a kill between
+    the renames leaves a complete dir under one of the two names.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{int(time.time() * 1000)}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def convert(
+    checkpoint,
+    out,
+    variant: str = "auto",
+    dtype: str = "fp32",
+    profile: str = DEFAULT_PROFILE,
+    force: bool = False,
+    t3_overrides: Optional[dict] = None,
+) -> Path:
+    """Converts an original checkpoint dir (or HF repo id) into a converted model dir at `out`.
+
+    `t3_overrides` sets T3Config fields the tensors cannot tell (e.g. analyzer heads of a test model).
+    """
+    if dtype not in DTYPES:
+        raise ConversionError(f"unknown dtype {dtype!r}; expected {', '.join(DTYPES)}")
+    checkpoint = _resolve_checkpoint(checkpoint, variant)
+    variant = detect_variant(checkpoint, variant)
+    t3, t3_cfg = convert_t3(checkpoint, variant, dtype, t3_overrides)
+    config = ModelConfig(variant=variant, profile=profile, t3=t3_cfg, quantization={"dtype": dtype})
+    with staged_output(Path(out), force) as tmp:
+        model_io.save_weights(t3, tmp / model_io.T3_FILE)
+        model_io.save_config(config, tmp)
+    return Path(out)
+
+
+def _resolve_checkpoint(checkpoint, variant: str) -> Path:
+    path = Path(checkpoint)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ConversionError(f"{path}: expected a checkpoint directory, got a file")
+    if str(checkpoint).count("/") == 1 and not str(checkpoint).startswith((".", "/")):
+        from .hub import fetch_checkpoint
+
+        return fetch_checkpoint(str(checkpoint), "mtl-v3" if variant == "auto" else variant)
+    raise ConversionError(f"{checkpoint}: no such checkpoint dir (or Hugging Face repo id like ResembleAI/chatterbox)")

@@ -1,0 +1,78 @@
+"""Reading and writing converted model dirs: `config.json` + one safetensors file per component."""
+
+import json
+from pathlib import Path
+from typing import Dict, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .config import ModelConfig
+from .models.t3 import T3
+
+FORMAT_METADATA = {"format": "nightingale-mlx", "format_version": "1"}
+CONFIG_FILE = "config.json"
+T3_FILE = "t3.safetensors"
+
+
+class ModelDirError(ValueError):
+    pass
+
+
+def load_config(model_dir: Path) -> ModelConfig:
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ModelDirError(f"{model_dir}: no {CONFIG_FILE}; is this a converted model dir? (nightingale convert)")
+    try:
+        return ModelConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ModelDirError(f"{path}: unreadable config ({e}); convert the model again") from e
+
+
+def save_config(config: ModelConfig, model_dir: Path) -> None:
+    (Path(model_dir) / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    mx.save_safetensors(str(path), dict(tree_flatten(module.parameters())), metadata=FORMAT_METADATA)
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    """Strict load: every parameter present with its shape, nothing extra, our format only."""
+    if not Path(path).is_file():
+        raise ModelDirError(f"{path}: missing; convert the model again")
+    try:
+        weights, metadata = mx.load(str(path), return_metadata=True)
+    except Exception as e:  # MLX raises bare RuntimeErrors on corrupt files
+        raise ModelDirError(f"{path}: unreadable ({e}); convert the model again") from e
+    if metadata.get("format") != FORMAT_METADATA["format"]:
+        raise ModelDirError(f"{path}: not a nightingale-mlx weights file; convert the original checkpoint")
+    _load_strict(module, weights, path)
+
+
+def _load_strict(module: nn.Module, weights: Dict[str, mx.array], source) -> None:
+    expected = dict(tree_flatten(module.parameters()))
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (first: {missing[0]})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected tensors (first: {extra[0]})")
+    if wrong:
+        k = wrong[0]
+        problems.append(f"{len(wrong)} with wrong shapes (first: {k} {weights[k].shape} vs {expected[k].shape})")
+    if problems:
+        raise ModelDirError(f"{source}: " + "; ".join(problems))
+    module.load_weights(list(weights.items()), strict=True)
+
+
+def load_t3(model_dir: Path, config: ModelConfig = None) -> Tuple[T3, ModelConfig]:
+    config = config or load_config(model_dir)
+    model = T3(config.t3)
+    load_weights(model, Path(model_dir) / T3_FILE)
+    model.eval()
+    mx.eval(model.parameters())
+    return model, config

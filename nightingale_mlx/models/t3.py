@@ -1,0 +1,217 @@
+"""T3: text tokens + voice conditioning -> speech tokens (a Llama-520M over custom embeddings).
+
+Attribute names equal the checkpoint's (`tfmr.layers.0.self_attn.q_proj`, `cond_enc.perceiver.attn.to_q`),
+so conversion is a strict name-for-name load.
+"""
+
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx_lm.models.base import create_attention_mask
+from mlx_lm.models.cache import KVCache
+from mlx_lm.models.llama import LlamaModel, ModelArgs
+
+from ..alignment import AlignmentStreamAnalyzer
+from ..config import T3Config
+from ..sampling import SamplingParams, apply_cfg, make_sampler, process_logits
+from .perceiver import Perceiver
+
+
+class LearnedPositionEmbeddings(nn.Module):
+    def __init__(self, seq_len: int, dim: int):
+        super().__init__()
+        self.emb = nn.Embedding(seq_len, dim)
+
+    def __call__(self, length: int) -> mx.array:
+        return self.emb(mx.arange(length))  # (length, D): positions 0..length-1
+
+    def fixed(self, index: int) -> mx.array:
+        return self.emb(mx.array([index]))  # (1, D)
+
+
+class T3CondEnc(nn.Module):
+    """Speaker projection | perceiver over the prompt speech | emotion ("exaggeration") token."""
+
+    def __init__(self, cfg: T3Config):
+        super().__init__()
+        D = cfg.hidden_size
+        self.speaker_embed_size = cfg.speaker_embed_size
+        self.spkr_enc = nn.Linear(cfg.speaker_embed_size, D)
+        self.emotion_adv_fc = nn.Linear(1, D, bias=False)
+        self.perceiver = Perceiver(cfg.perceiver_queries, D, cfg.perceiver_heads)
+
+    def __call__(
+        self, speaker_emb: mx.array, prompt_emb: Optional[mx.array], emotion: mx.array
+    ) -> mx.array:
+        parts = [self.spkr_enc(speaker_emb.reshape(-1, self.speaker_embed_size))[:, None]]
+        if prompt_emb is not None:
+            parts.append(self.perceiver(prompt_emb))
+        parts.append(self.emotion_adv_fc(emotion.reshape(-1, 1, 1)))
+        return mx.concatenate(parts, axis=1)  # (B, 34, D)
+
+
+class Backbone(LlamaModel):
+    """mlx-lm's Llama stack without its token embedding: T3 always feeds input embeddings."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__(args)
+        del self.embed_tokens
+
+
+class T3(nn.Module):
+    def __init__(self, cfg: T3Config):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.hidden_size
+        self.tfmr = Backbone(ModelArgs.from_dict(cfg.llama_args()))
+        self.cond_enc = T3CondEnc(cfg)
+        self.text_emb = nn.Embedding(cfg.text_vocab_size, D)
+        self.speech_emb = nn.Embedding(cfg.speech_vocab_size, D)
+        self.text_pos_emb = LearnedPositionEmbeddings(cfg.max_text_tokens + 2, D)
+        self.speech_pos_emb = LearnedPositionEmbeddings(cfg.max_speech_tokens + 4, D)
+        self.speech_head = nn.Linear(D, cfg.speech_vocab_size, bias=False)
+
+    def make_cache(self) -> List[KVCache]:
+        return [KVCache() for _ in self.tfmr.layers]
+
+    # --- embeddings -------------------------------------------------------------------------
+
+    def condition(
+        self, speaker_emb: mx.array, prompt_tokens: Optional[mx.array], exaggeration: float
+    ) -> mx.array:
+        """Conditioning tokens (1, 34, D) from a voice; cacheable per voice and exaggeration."""
+        dtype = self.speech_head.weight.dtype  # voices are fp32; compute in the model's dtype
+        prompt_emb = None
+        if prompt_tokens is not None and prompt_tokens.size > 0:
+            prompt_tokens = prompt_tokens.reshape(1, -1)
+            prompt_emb = self.speech_emb(prompt_tokens) + self.speech_pos_emb(prompt_tokens.shape[1])
+        emotion = mx.full((1, 1, 1), exaggeration, dtype=dtype)
+        return self.cond_enc(speaker_emb.astype(dtype), prompt_emb, emotion)
+
+    def prefill_embeddings(self, cond: mx.array, text_tokens: mx.array, cfg: bool) -> mx.array:
+        """[cond | text+pos | BOS | BOS] for the cond row and, with CFG, an uncond row (text zeroed).
+
+        `text_tokens` already carries SOT/EOT. The double BOS is the reference's quirk: one from
+        `prepare_input_embeds`, one more from `inference`.
+        """
+        L = text_tokens.shape[-1]
+        text = self.text_emb(text_tokens.reshape(1, L))
+        if cfg:
+            text = mx.concatenate([text, mx.zeros_like(text)], axis=0)  # uncond keeps positions only
+        text = text + self.text_pos_emb(L)
+        B = text.shape[0]
+        bos = self.speech_emb(mx.array([[self.cfg.start_speech_token]])) + self.speech_pos_emb.fixed(0)
+        bos = mx.broadcast_to(bos, (B, 1, bos.shape[-1]))
+        cond = mx.broadcast_to(cond, (B, *cond.shape[1:]))
+        return mx.concatenate([cond, text, bos, bos], axis=1)
+
+    def speech_embedding(self, token: mx.array, step: int, batch: int) -> mx.array:
+        """Embedding of the token sampled at `step` (0-based): speech_emb + speech_pos[step + 1]."""
+        e = self.speech_emb(token.reshape(1, 1)) + self.speech_pos_emb.fixed(step + 1)
+        return mx.broadcast_to(e, (batch, 1, e.shape[-1]))
+
+    # --- backbone ---------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        embeds: mx.array,
+        cache: Sequence[KVCache],
+        align_from: Optional[int] = None,
+    ) -> Tuple[mx.array, Optional[mx.array]]:
+        """Runs the backbone; returns (normed hidden (B, L, D), alignment attention or None).
+
+        With `align_from`, also returns the mean attention of the analyzer's heads, CFG row 0,
+        for query rows `align_from:` of this chunk over all keys: (rows, keys).
+        """
+        h = embeds
+        mask = create_attention_mask(h, cache[0])
+        heads = {}
+        if align_from is not None:
+            for layer, head in self.cfg.alignment_heads:
+                heads.setdefault(layer, []).append(head)
+        probs = []
+        for idx, (layer, c) in enumerate(zip(self.tfmr.layers, cache)):
+            if idx in heads:
+                x = layer.input_layernorm(h[:1, align_from:])
+                h = layer(h, mask, c)
+                probs.append(self._head_attention(layer.self_attn, x, c, heads[idx], h.shape[1] - align_from))
+            else:
+                h = layer(h, mask, c)
+        align = mx.concatenate(probs, axis=0).mean(axis=0) if probs else None
+        return self.tfmr.norm(h), align
+
+    @staticmethod
+    def _head_attention(attn, x: mx.array, cache: KVCache, heads: List[int], rows: int) -> mx.array:
+        """Softmax attention of selected heads for the last `rows` queries, from the filled cache.
+
+        Recomputing q for three layers costs far less than materialising every attention map.
+        """
+        q = attn.q_proj(x)
+        q = q.reshape(1, rows, attn.n_heads, -1).transpose(0, 2, 1, 3)[:, heads]  # (1, h, rows, d)
+        start = cache.offset - rows
+        q = attn.rope(q, offset=start)
+        kv_head = [hd * attn.n_kv_heads // attn.n_heads for hd in heads]
+        k = cache.keys[:1, kv_head, : cache.offset, :]  # (1, h, S, d)
+        scores = (q.astype(mx.float32) @ k.astype(mx.float32).swapaxes(-1, -2)) * attn.scale
+        qpos = mx.arange(start, cache.offset)[:, None]
+        scores = mx.where(mx.arange(cache.offset)[None] <= qpos, scores, -mx.inf)
+        return mx.softmax(scores, axis=-1)[0]  # (h, rows, S)
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        return self.speech_head(hidden[:, -1]).astype(mx.float32)  # (B, V)
+
+    # --- generation -------------------------------------------------------------------------
+
+    def inference(
+        self,
+        cond: mx.array,
+        text_tokens: mx.array,
+        params: SamplingParams,
+        *,
+        key: Optional[mx.array] = None,
+        sampler=None,
+        alignment_analyzer: bool = False,
+    ) -> Iterator[int]:
+        """Yields speech tokens until EOS (not yielded) or `params.max_new_tokens`.
+
+        Per step, in the reference's order: CFG combine, alignment analyzer (optional),
+        repetition penalty, temperature, min-p, top-p, sample. `sampler(logits) -> (1,) token`
+        overrides the random sampler (parity tests inject one).
+        """
+        cfg = self.cfg
+        use_cfg = params.cfg_weight > 0
+        batch = 2 if use_cfg else 1
+        embeds = self.prefill_embeddings(cond, text_tokens, use_cfg)
+        text_start = cond.shape[1]
+        text_end = text_start + text_tokens.shape[-1]
+        analyzer = None
+        if alignment_analyzer:
+            analyzer = AlignmentStreamAnalyzer(text_start, text_end, cfg.stop_speech_token)
+        sampler = sampler or make_sampler(params.temperature, key)
+        V = cfg.speech_vocab_size
+        vocab = mx.arange(V)
+        seen = vocab == cfg.start_speech_token  # repetition penalty covers BOS too
+        cache = self.make_cache()
+
+        hidden, align = self(embeds, cache, text_end if analyzer else None)
+        last = cfg.start_speech_token
+        for step in range(params.max_new_tokens):
+            logits = self.logits(hidden)
+            if use_cfg:
+                logits = apply_cfg(logits, params.cfg_weight)
+            if analyzer is not None:
+                logits = analyzer.step(logits, np.array(align), last)
+            logits = process_logits(logits, seen, params)
+            token = sampler(logits)
+            seen = seen | (vocab == token)
+            hidden, align = self(
+                self.speech_embedding(token, step, batch), cache, 0 if analyzer else None
+            )
+            # Queue the next forward before syncing on the token: Python overlaps with compute.
+            mx.async_eval(hidden, seen, *([align] if analyzer else []))
+            last = token.item()
+            if last == cfg.stop_speech_token:
+                return
+            yield last

@@ -1,0 +1,97 @@
+"""Parity of nightingale_mlx against the live reference (chatterbox-tts 0.1.7, its own env).
+
+    python -m tests.reference.parity --component t3 --size tiny --seed 0 [--variant mtl-v2] [--write-fixtures]
+
+Writes a random checkpoint in the original formats (reference env), runs the reference on it,
+converts it with our converter, runs ours on the same inputs and token choices, and prints one
+JSON line per check (name, max_abs_err, max_rel_err, tolerance, ok). Exits 1 on any failure.
+The reference env is found through NIGHTINGALE_REF_PYTHON (default: what setup_env.sh made).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import t3_harness
+from .sizes import t3_overrides
+
+HERE = Path(__file__).resolve().parent
+FIXTURES = HERE.parent / "fixtures"
+DEFAULT_REF_PYTHON = Path.home() / ".cache/nightingale/ref-env/bin/python"
+# Fixtures keep the first steps' full logits/probs (they are 8194 wide) and every token.
+FIXTURE_STEPS = 6
+
+
+def ref_python() -> str:
+    path = os.environ.get("NIGHTINGALE_REF_PYTHON", str(DEFAULT_REF_PYTHON))
+    if not Path(path).exists():
+        sys.exit(f"parity: no reference env at {path}; run tests/reference/setup_env.sh "
+                 "or set NIGHTINGALE_REF_PYTHON")
+    return path
+
+
+def run_ref(script: str, *args) -> None:
+    subprocess.run([ref_python(), str(HERE / script), *map(str, args)], check=True)
+
+
+def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bool) -> list:
+    from convert.convert import convert
+
+    ckpt, model_dir = work / "ckpt", work / "model"
+    run_ref("make_checkpoint.py", "--size", size, "--variant", variant, "--seed", seed, "--out", ckpt, "--only", "t3")
+    convert(ckpt, model_dir, variant=variant, t3_overrides=t3_overrides(size), force=True)
+    manifest = json.loads((ckpt / "test_manifest.json").read_text())["files"]["t3"]
+    analyzer = t3_harness.family(variant) == "mtl"  # 0.1.7 runs it for every multilingual model
+
+    checks, fixture = [], {}
+    for mode, steps, params in t3_harness.SCENARIOS[t3_harness.family(variant)]:
+        inputs = t3_harness.make_inputs(variant, mode, steps, params, seed)
+        np.savez(work / "in.npz", **inputs)
+        run_ref("ref_t3.py", "--ckpt", ckpt, "--variant", variant, "--size", size,
+                "--inputs", work / "in.npz", "--out", work / "ref.npz")
+        ref = dict(np.load(work / "ref.npz"))
+        ours = t3_harness.run_ours(model_dir, inputs, analyzer)
+        checks += t3_harness.compare(ref, ours, size, f"t3.{variant}.{mode}")
+        for k, v in ref.items():
+            fixture[f"{mode}/ref/{k}"] = v[:FIXTURE_STEPS] if k in ("logits", "probs") else v
+        for k, v in inputs.items():
+            fixture[f"{mode}/in/{k}"] = v
+    if write_fixtures:
+        fixture["spec"] = np.array(json.dumps(manifest["spec"]))
+        fixture["digest"] = np.array(manifest["digest"])
+        fixture["seed"] = np.array(seed)
+        FIXTURES.mkdir(exist_ok=True)
+        np.savez_compressed(FIXTURES / f"t3_{size}_{variant}.npz", **fixture)
+    return checks
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="nightingale_mlx vs the PyTorch reference")
+    p.add_argument("--component", choices=["t3"], default="t3")
+    p.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    p.add_argument("--variant", action="append", choices=["en", "mtl-v2", "mtl-v3"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write-fixtures", action="store_true", help="also write tests/fixtures (tiny only)")
+    args = p.parse_args(argv)
+    if args.write_fixtures and args.size != "tiny":
+        p.error("--write-fixtures is for --size tiny")
+
+    checks = []
+    for variant in args.variant or ["mtl-v2", "en"]:
+        with tempfile.TemporaryDirectory() as work:
+            checks += t3_checks(args.size, variant, args.seed, Path(work), args.write_fixtures)
+    for c in checks:
+        print(json.dumps(c))
+    failed = [c["name"] for c in checks if not c["ok"]]
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed", file=sys.stderr)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

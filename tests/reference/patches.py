@@ -1,0 +1,186 @@
+"""The only changes the harness makes to the reference (chatterbox-tts 0.1.7). Runs in the ref env.
+
+Each patch changes sizes, file lookup or offline behaviour, never arithmetic:
+- tiny sizes: the reference hard-codes the Llama_520M dims, the perceiver width (1024) and the
+  analyzer's (layer, head) pairs; `S3Gen()` takes no size arguments at all (its sub-modules are
+  built with literal widths, some of them, like the pre-lookahead conv's 512, inside other
+  constructors), and the VoiceEncoder and S3TokenizerV2 read module-level default configs.
+  Tiny checkpoints need all of them smaller; sizes.py says which numbers change.
+- offline resources: the multilingual tokenizer fetches the Cangjie table through the HF cache and
+  spacy_pkuseg downloads its model on first use; `offline_resources` serves the first from the
+  checkpoint folder and hides the second (the reference then skips segmentation itself).
+- randomness capture: `torch.multinomial` is wrapped so the harness can record the processed
+  distribution the reference samples from and choose the token (teacher forcing, greedy, or
+  inverse-CDF sampling from shared uniforms). The distribution itself is untouched.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sizes  # noqa: E402
+from sizes import TINY_ALIGNED_HEADS, TINY_T3  # noqa: E402
+
+_applied = set()
+
+
+def apply_sizes(size: str) -> None:
+    if size == "full":
+        return
+    if size != "tiny":
+        raise ValueError(f"unknown size {size!r}")
+    if size in _applied:  # the S3Gen patches subclass; applying twice would stack them
+        return
+    _applied.add(size)
+    _tiny_t3()
+    _tiny_s3gen()
+    _tiny_voice_encoder()
+    _tiny_s3tokenizer()
+
+
+def _tiny_t3() -> None:
+    from chatterbox.models.t3 import llama_configs
+    from chatterbox.models.t3.inference import alignment_stream_analyzer
+    from chatterbox.models.t3.modules import perceiver
+
+    llama_configs.LLAMA_520M_CONFIG_DICT.update(TINY_T3)
+    width = TINY_T3["hidden_size"]
+    # Perceiver(pre_attention_query_token, pre_attention_query_size, embedding_dim, num_attn_heads)
+    perceiver.Perceiver.__init__.__defaults__ = (32, width, width, 4)
+    alignment_stream_analyzer.LLAMA_ALIGNED_HEADS[:] = TINY_ALIGNED_HEADS
+
+
+def _with_sizes(cls, **forced):
+    """A same-named subclass whose constructor overrides `forced` keyword arguments, whatever the
+    caller passes; layers, attribute names (so state-dict keys) and forward code are inherited."""
+
+    class Sized(cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, **forced})
+
+    Sized.__name__ = Sized.__qualname__ = cls.__name__
+    return Sized
+
+
+def _set_defaults(func, **values):
+    """Replaces keyword defaults of `func` in place, for constructors called without them."""
+    code = func.__code__
+    names = code.co_varnames[: code.co_argcount]
+    defaults = list(func.__defaults__)
+    first = len(names) - len(defaults)
+    for name, value in values.items():
+        defaults[names.index(name) - first] = value
+    func.__defaults__ = tuple(defaults)
+
+
+def _tiny_s3gen() -> None:
+    from chatterbox.models.s3gen import s3gen, xvector
+    from chatterbox.models.s3gen.transformer import upsample_encoder as ue
+
+    w = sizes.TINY_FLOW["width"]
+    enc = {k: v for k, v in sizes.TINY_FLOW.items() if k != "width"}
+    # S3Token2Mel/S3Token2Wav.__init__ look these names up in the s3gen module at call time.
+    s3gen.CausalMaskedDiffWithXvec = _with_sizes(s3gen.CausalMaskedDiffWithXvec, input_size=w)
+    s3gen.UpsampleConformerEncoder = _with_sizes(
+        s3gen.UpsampleConformerEncoder, input_size=w, output_size=w, **enc
+    )
+    s3gen.ConditionalDecoder = _with_sizes(s3gen.ConditionalDecoder, **sizes.TINY_DECODER)
+    s3gen.HiFTGenerator = _with_sizes(s3gen.HiFTGenerator, **sizes.TINY_HIFT)
+    s3gen.ConvRNNF0Predictor = _with_sizes(s3gen.ConvRNNF0Predictor, **sizes.TINY_F0)
+    s3gen.CAMPPlus = _with_sizes(s3gen.CAMPPlus, **sizes.TINY_CAMPPLUS)
+    # UpsampleConformerEncoder builds these two with a literal 512 instead of its output_size.
+    ue.PreLookaheadLayer = _with_sizes(ue.PreLookaheadLayer, channels=w)
+    ue.Upsample1D = _with_sizes(ue.Upsample1D, channels=w, out_channels=w)
+    # CAMPPlus builds its FCM front end with the default m_channels (and FCM calls
+    # super(FCM, self), so it cannot be swapped for a subclass in its own module).
+    _set_defaults(xvector.FCM.__init__, m_channels=sizes.TINY_FCM_CHANNELS)
+
+
+def _tiny_voice_encoder() -> None:
+    from chatterbox.models.voice_encoder.config import VoiceEncConfig
+
+    # VoiceEncoder() reads a default VoiceEncConfig instance, which sees class attributes.
+    for name, value in sizes.TINY_VE.items():
+        setattr(VoiceEncConfig, name, value)
+
+
+def _tiny_s3tokenizer() -> None:
+    from s3tokenizer.model_v2 import ModelConfig, S3TokenizerV2
+
+    # chatterbox's S3Tokenizer calls S3TokenizerV2.__init__(name) and so gets its default config.
+    _set_defaults(S3TokenizerV2.__init__, config=ModelConfig(**sizes.TINY_S3TOKENIZER))
+
+
+CANGJIE_FILE = "Cangjie5_TC.json"
+HF_REPO_FOLDER = "models--ResembleAI--chatterbox"  # the HF cache folder of REPO_ID
+HF_FAKE_COMMIT = "0" * 40  # any 40-hex revision; refs/main points at it
+
+
+def offline_resources(ckpt_dir) -> None:
+    """Lets MTLTokenizer / from_local run offline against a checkpoint folder.
+
+    - The Cangjie table is read via hf_hub_download(REPO_ID, ..., cache_dir=<ckpt dir>), never from
+      the folder itself: mirror <ckpt>/Cangjie5_TC.json into that cache layout and go offline.
+    - spacy_pkuseg.pkuseg() downloads a model and raises a non-ImportError offline; hiding the
+      module makes the reference take its own "segmentation skipped" path.
+    """
+    import os
+    import shutil
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub" in sys.modules:  # the flag is read at import time
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    sys.modules["spacy_pkuseg"] = None
+    ckpt_dir = Path(ckpt_dir)
+    table = ckpt_dir / CANGJIE_FILE
+    if not table.exists():
+        return  # English checkpoints have no table; the reference only warns when it is missing
+    repo = ckpt_dir / HF_REPO_FOLDER
+    snapshot = repo / "snapshots" / HF_FAKE_COMMIT
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(HF_FAKE_COMMIT)
+    shutil.copyfile(table, snapshot / CANGJIE_FILE)
+
+
+class MultinomialSpy:
+    """Stands in for torch.multinomial inside T3.inference: records probs, picks the token."""
+
+    def __init__(self, choose):
+        self.choose = choose  # (step, probs (V,) numpy) -> int
+        self.probs = []
+
+    def __call__(self, probs, num_samples=1):
+        import torch
+
+        p = probs[0].double().numpy()
+        self.probs.append(probs[0].float().numpy().copy())
+        token = int(self.choose(len(self.probs) - 1, p))
+        return torch.tensor([[token]], dtype=torch.long)
+
+
+def install_multinomial_spy(spy: MultinomialSpy):
+    import chatterbox.models.t3.t3 as t3_module
+    import torch
+
+    class _TorchProxy:
+        def __getattr__(self, name):
+            return spy if name == "multinomial" else getattr(torch, name)
+
+    t3_module.torch = _TorchProxy()
+
+
+def install_logits_spy(record: list):
+    """Records each backbone call's last-row logits (both CFG rows) before any processing."""
+    from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
+
+    original = T3HuggingfaceBackend.forward
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        record.append(out.logits[:, -1, :].float().numpy().copy())
+        return out
+
+    T3HuggingfaceBackend.forward = forward

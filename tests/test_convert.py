@@ -1,0 +1,120 @@
+"""Conversion: variant detection, strict mapping, atomic output, and strict runtime loading."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from convert.convert import convert, detect_variant
+from convert.sanitize import ConversionError
+from nightingale_mlx.model_io import ModelDirError, load_t3
+from tests.helpers import write_original_t3
+
+TINY = {"alignment_heads": [[3, 1], [2, 0], [1, 1]]}
+
+
+def test_converts_and_loads_with_variant_and_profile(tmp_path):
+    ckpt = write_original_t3(tmp_path / "ckpt")
+    out = convert(ckpt, tmp_path / "model", t3_overrides=TINY, profile="compat-0.1.7")
+    config = json.loads((out / "config.json").read_text())
+    assert config["variant"] == "mtl-v2" and config["profile"] == "compat-0.1.7"
+    model, cfg = load_t3(out)
+    assert cfg.t3.hidden_size == 128 and cfg.t3.num_hidden_layers == 4 and cfg.t3.is_multilingual
+    assert not [p for p in (tmp_path).iterdir() if ".tmp-" in p.name]
+
+
+def test_auto_prefers_v3_then_v2_then_en(tmp_path):
+    write_original_t3(tmp_path, "en")
+    assert detect_variant(tmp_path) == "en"
+    write_original_t3(tmp_path, "mtl-v2")
+    assert detect_variant(tmp_path) == "mtl-v2"
+    write_original_t3(tmp_path, "mtl-v3")
+    assert detect_variant(tmp_path) == "mtl-v3"
+    assert detect_variant(tmp_path, "en") == "en"
+
+
+def test_not_a_checkpoint_dir(tmp_path):
+    with pytest.raises(ConversionError, match="not a Chatterbox checkpoint dir"):
+        convert(tmp_path, tmp_path / "out")
+    with pytest.raises(ConversionError, match="no such checkpoint dir"):
+        convert(tmp_path / "missing", tmp_path / "out")
+
+
+def test_missing_tensor_is_named(tmp_path):
+    ckpt = write_original_t3(tmp_path / "ckpt", drop=("tfmr.layers.2.mlp.up_proj.weight",))
+    with pytest.raises(Exception, match="tfmr.layers.2.mlp.up_proj.weight"):
+        convert(ckpt, tmp_path / "out", t3_overrides=TINY)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unexpected_tensor_is_refused(tmp_path):
+    extra = {"tfmr.layers.0.self_attn.rotary_emb.extra": np.zeros(3, np.float32)}
+    ckpt = write_original_t3(tmp_path / "ckpt", extra=extra)
+    with pytest.raises(Exception, match="unexpected"):
+        convert(ckpt, tmp_path / "out", t3_overrides=TINY)
+
+
+def test_wrong_shape_is_refused(tmp_path):
+    extra = {"cond_enc.spkr_enc.bias": np.zeros(7, np.float32)}
+    ckpt = write_original_t3(tmp_path / "ckpt", extra=extra)
+    with pytest.raises(Exception, match="wrong shapes"):
+        convert(ckpt, tmp_path / "out", t3_overrides=TINY)
+
+
+def test_analyzer_heads_outside_backbone_are_refused(tmp_path):
+    ckpt = write_original_t3(tmp_path / "ckpt")
+    with pytest.raises(ConversionError, match="alignment head"):
+        convert(ckpt, tmp_path / "out")  # the real (12, 15) head does not exist in a 4-layer model
+
+
+def test_existing_output_needs_force_and_force_replaces(tmp_path):
+    ckpt = write_original_t3(tmp_path / "ckpt")
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="--force"):
+        convert(ckpt, out, t3_overrides=TINY)
+    assert (out / "mine.txt").read_text() == "keep"
+    convert(ckpt, out, t3_overrides=TINY, force=True)
+    assert (out / "config.json").exists() and not (out / "mine.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "model"]
+
+
+def test_failed_conversion_keeps_the_old_output(tmp_path):
+    ckpt = write_original_t3(tmp_path / "ckpt", drop=("speech_head.weight",))
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(Exception):
+        convert(ckpt, out, t3_overrides=TINY, force=True)
+    assert (out / "mine.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "model"]
+
+
+def test_runtime_refuses_foreign_or_corrupt_weights(tmp_path):
+    ckpt = write_original_t3(tmp_path / "ckpt")
+    out = convert(ckpt, tmp_path / "model", t3_overrides=TINY)
+    t3_file = out / "t3.safetensors"
+    data = t3_file.read_bytes()
+    t3_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelDirError, match="convert the model again"):
+        load_t3(out)
+    # An original (unconverted) file renamed into place is not our format.
+    (ckpt / "t3_mtl23ls_v2.safetensors").rename(t3_file)
+    with pytest.raises(ModelDirError, match="not a nightingale-mlx weights file"):
+        load_t3(out)
+    with pytest.raises(ModelDirError, match="no config.json"):
+        load_t3(tmp_path)
+
+
+def test_cli_reports_one_line_errors(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "nightingale_mlx", "convert", "--checkpoint", str(tmp_path / "nope"),
+         "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 1
+    assert run.stderr.startswith("nightingale: error: ") and run.stderr.count("\n") == 1
+    assert "Traceback" not in run.stderr

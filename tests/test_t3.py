@@ -1,0 +1,109 @@
+"""T3 model mechanics at a tiny size: cache consistency, dtypes, the analyzer heads, the generator."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten, tree_unflatten
+
+from nightingale_mlx.models.t3 import T3
+from nightingale_mlx.sampling import SamplingParams
+from tests.helpers import tiny_t3_config
+from tests.reference.weights import random_state_dict
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = T3(tiny_t3_config())
+    spec = [(k, v.shape) for k, v in tree_flatten(m.parameters())]
+    m.update(tree_unflatten([(k, mx.array(v)) for k, v in random_state_dict(spec, 3).items()]))
+    return m
+
+
+def voice(model):
+    rng = np.random.default_rng(0)
+    spk = mx.array(np.abs(rng.standard_normal((1, 256))).astype(np.float32))
+    prompt = mx.array(rng.integers(0, 6561, (1, 150)))
+    return model.condition(spk, prompt, 0.5)
+
+
+TEXT = mx.array([255, 12, 40, 2, 77, 9, 0])
+
+
+def test_prefill_layout_double_bos_and_uncond_row(model):
+    cond = voice(model)
+    e = model.prefill_embeddings(cond, TEXT, cfg=True)
+    assert e.shape == (2, 34 + 7 + 2, 128)
+    assert mx.allclose(e[0, :34], e[1, :34]) and mx.allclose(e[:, -1], e[:, -2])
+    text_pos = model.text_pos_emb(7)
+    assert mx.allclose(e[1, 34:41], text_pos)  # uncond text = positions only
+    assert not mx.allclose(e[0, 34:41], text_pos)
+
+
+def test_cached_decode_equals_full_forward(model):
+    cond = voice(model)
+    prefill = model.prefill_embeddings(cond, TEXT, cfg=True)
+    tokens = [5, 900, 6000]
+    cache = model.make_cache()
+    h, _ = model(prefill, cache)
+    for step, t in enumerate(tokens):
+        h, _ = model(model.speech_embedding(mx.array([t]), step, 2), cache)
+    full = mx.concatenate([prefill] + [model.speech_embedding(mx.array([t]), i, 2) for i, t in enumerate(tokens)], 1)
+    h_full, _ = model(full, model.make_cache())
+    np.testing.assert_allclose(np.array(model.logits(h)), np.array(model.logits(h_full)), atol=2e-5)
+
+
+def test_alignment_heads_equal_explicit_attention(model):
+    """The cheap 3-head probe equals softmax(q k^T / sqrt(d)) computed the long way."""
+    cond = voice(model)
+    prefill = model.prefill_embeddings(cond, TEXT, cfg=True)
+    start = 34 + 7
+    _, align = model(prefill, model.make_cache(), align_from=start)
+    x = prefill
+    maps = {}
+    for idx, layer in enumerate(model.tfmr.layers):
+        a = layer.self_attn
+        n = layer.input_layernorm(x)
+        L = n.shape[1]
+        q = a.rope(a.q_proj(n).reshape(2, L, a.n_heads, -1).transpose(0, 2, 1, 3))
+        k = a.rope(a.k_proj(n).reshape(2, L, a.n_kv_heads, -1).transpose(0, 2, 1, 3))
+        s = (q @ k.swapaxes(-1, -2)) * a.scale + mx.triu(mx.full((L, L), -mx.inf), k=1)
+        maps[idx] = mx.softmax(s, axis=-1)[0]
+        x = layer(x, "causal")
+    expected = mx.stack([maps[l][h, start:] for l, h in model.cfg.alignment_heads]).mean(0)
+    assert align.shape == (2, prefill.shape[1])
+    np.testing.assert_allclose(np.array(align), np.array(expected), atol=1e-5)
+    np.testing.assert_allclose(np.array(align).sum(-1), 1.0, atol=1e-5)
+
+
+def test_fp16_model_gives_float32_logits(model):
+    m16 = T3(model.cfg)
+    m16.update(model.parameters())
+    m16.set_dtype(mx.float16)
+    cond = m16.condition(mx.ones((1, 256)) / 16, mx.array([[1, 2, 3]]), 0.5)
+    h, _ = m16(m16.prefill_embeddings(cond, TEXT, cfg=True), m16.make_cache())
+    assert h.dtype == mx.float16 and m16.logits(h).dtype == mx.float32
+
+
+def test_generator_is_seeded_and_bounded(model):
+    cond = voice(model)
+    params = SamplingParams(max_new_tokens=12, repetition_penalty=1.2)
+    run = lambda: list(model.inference(cond, TEXT, params, key=mx.random.key(1)))
+    a, b = run(), run()
+    assert a == b and len(a) <= 12 and all(isinstance(t, int) and 0 <= t < 8194 for t in a)
+    assert 6562 not in a
+
+
+def test_cfg_off_runs_a_single_row(model):
+    cond = voice(model)
+    params = SamplingParams(max_new_tokens=4, cfg_weight=0.0, temperature=0)
+    greedy = list(model.inference(cond, TEXT, params))
+    cache = model.make_cache()
+    h, _ = model(model.prefill_embeddings(cond, TEXT, cfg=False), cache)
+    assert h.shape[0] == 1 and len(greedy) >= 1
+
+
+def test_eos_ends_generation_without_being_yielded(model):
+    cond = voice(model)
+    forced = iter([7, 8, 6562, 9])
+    sampler = lambda logits: mx.array([next(forced)])
+    assert list(model.inference(cond, TEXT, SamplingParams(max_new_tokens=10), sampler=sampler)) == [7, 8]
