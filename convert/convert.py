@@ -10,14 +10,13 @@ from typing import Optional
 
 import mlx.core as mx
 
-from nightingale_mlx import model_io
+from nightingale_mlx import model_io, quant
 from nightingale_mlx.config import DEFAULT_PROFILE, T3_CHECKPOINT_FILES, ModelConfig, T3Config
 from nightingale_mlx.models.t3 import T3
 
 from .checkpoint import read_checkpoint
 from .sanitize import ConversionError, sanitize_t3, t3_dims
 
-DTYPES = {"fp32": mx.float32, "fp16": mx.float16}
 # Preference when a dir holds several variants (the HF repo holds all three): newest first.
 AUTO_ORDER = ("mtl-v3", "mtl-v2", "en")
 
@@ -36,7 +35,7 @@ def detect_variant(checkpoint: Path, variant: str = "auto") -> str:
     raise ConversionError(f"{checkpoint}: not a Chatterbox checkpoint dir (none of {names} found)")
 
 
-def convert_t3(checkpoint: Path, variant: str, dtype: str, overrides: Optional[dict] = None):
+def convert_t3(checkpoint: Path, variant: str, recipe: quant.Recipe, overrides: Optional[dict] = None):
     weights = read_checkpoint(checkpoint / T3_CHECKPOINT_FILES[variant])
     dims = t3_dims(weights)
     cfg = T3Config.from_dict({**dims, **(overrides or {})})
@@ -50,7 +49,7 @@ def convert_t3(checkpoint: Path, variant: str, dtype: str, overrides: Optional[d
     model = T3(cfg)
     weights = {k: mx.array(v) for k, v in sanitize_t3(weights).items()}
     model_io._load_strict(model, weights, checkpoint / T3_CHECKPOINT_FILES[variant])
-    model.set_dtype(DTYPES[dtype])
+    quant.apply(model, recipe.bits["t3"], recipe.group_size)
     return model, cfg
 
 
@@ -84,21 +83,21 @@ def convert(
     checkpoint,
     out,
     variant: str = "auto",
-    dtype: str = "fp32",
+    quantize: str = "fp32",
     profile: str = DEFAULT_PROFILE,
     force: bool = False,
     t3_overrides: Optional[dict] = None,
 ) -> Path:
     """Converts an original checkpoint dir (or HF repo id) into a converted model dir at `out`.
 
+    `quantize` is a recipe (`fp32|fp16|q8|q4` or `t3=4,flow=8,hift=16,cloning=16,group=64`).
     `t3_overrides` sets T3Config fields the tensors cannot tell (e.g. analyzer heads of a test model).
     """
-    if dtype not in DTYPES:
-        raise ConversionError(f"unknown dtype {dtype!r}; expected {', '.join(DTYPES)}")
+    recipe = quant.Recipe.parse(quantize)
     checkpoint = _resolve_checkpoint(checkpoint, variant)
     variant = detect_variant(checkpoint, variant)
-    t3, t3_cfg = convert_t3(checkpoint, variant, dtype, t3_overrides)
-    config = ModelConfig(variant=variant, profile=profile, t3=t3_cfg, quantization={"dtype": dtype})
+    t3, t3_cfg = convert_t3(checkpoint, variant, recipe, t3_overrides)
+    config = ModelConfig(variant=variant, profile=profile, t3=t3_cfg, quantization=recipe.to_dict())
     with staged_output(Path(out), force) as tmp:
         model_io.save_weights(t3, tmp / model_io.T3_FILE)
         model_io.save_config(config, tmp)

@@ -13,7 +13,7 @@ def _convert(args) -> None:
         args.checkpoint,
         args.out,
         variant=args.variant,
-        dtype=args.dtype,
+        quantize=args.quantize,
         profile=args.profile,
         force=args.force,
     )
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", required=True, help="checkpoint dir or Hugging Face repo id (ResembleAI/chatterbox)")
     c.add_argument("--out", required=True, help="output model dir")
     c.add_argument("--variant", default="auto", choices=["auto", "en", "mtl-v2", "mtl-v3"])
-    c.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
+    c.add_argument("--quantize", default="fp32", metavar="RECIPE",
+                   help="fp32|fp16|q8|q4, or per component: t3=4,flow=8,hift=16,cloning=16,group=64")
     c.add_argument("--profile", default="upstream", choices=["upstream", "compat-0.1.7"])
     c.add_argument("--force", action="store_true", help="replace OUT if it exists")
     c.set_defaults(func=_convert)

@@ -8,6 +8,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from . import quant
 from .config import ModelConfig
 from .models.t3 import T3
 
@@ -56,6 +57,7 @@ def _load_strict(module: nn.Module, weights: Dict[str, mx.array], source) -> Non
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
     wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    wrong_dtype = [k for k in expected if k in weights and k not in wrong and weights[k].dtype != expected[k].dtype]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} tensors (first: {missing[0]})")
@@ -64,14 +66,26 @@ def _load_strict(module: nn.Module, weights: Dict[str, mx.array], source) -> Non
     if wrong:
         k = wrong[0]
         problems.append(f"{len(wrong)} with wrong shapes (first: {k} {weights[k].shape} vs {expected[k].shape})")
+    if wrong_dtype:
+        k = wrong_dtype[0]
+        problems.append(f"{len(wrong_dtype)} with wrong dtypes (first: {k} {weights[k].dtype} vs {expected[k].dtype})")
     if problems:
         raise ModelDirError(f"{source}: " + "; ".join(problems))
     module.load_weights(list(weights.items()), strict=True)
 
 
+def recipe_of(config: ModelConfig) -> quant.Recipe:
+    try:
+        return quant.Recipe.from_dict(config.quantization)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelDirError(f"config.json: bad quantization entry ({e}); convert the model again") from e
+
+
 def load_t3(model_dir: Path, config: ModelConfig = None) -> Tuple[T3, ModelConfig]:
     config = config or load_config(model_dir)
+    recipe = recipe_of(config)
     model = T3(config.t3)
+    quant.apply(model, recipe.bits["t3"], recipe.group_size)
     load_weights(model, Path(model_dir) / T3_FILE)
     model.eval()
     mx.eval(model.parameters())

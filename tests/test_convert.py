@@ -118,3 +118,46 @@ def test_cli_reports_one_line_errors(tmp_path):
     assert run.returncode == 1
     assert run.stderr.startswith("nightingale: error: ") and run.stderr.count("\n") == 1
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("recipe,bits", [("q8", 8), ("q4", 4), ("t3=8,group=32", 8)])
+def test_quantized_t3_loads_strictly_and_stays_close(tmp_path, recipe, bits):
+    import mlx.core as mx
+
+    ckpt = write_original_t3(tmp_path / "ckpt")
+    ref_model, _ = load_t3(convert(ckpt, tmp_path / "fp32", t3_overrides=TINY))
+    out = convert(ckpt, tmp_path / "q", quantize=recipe, t3_overrides=TINY)
+    model, cfg = load_t3(out)
+    assert cfg.quantization["bits"]["t3"] == bits
+    assert model.tfmr.layers[0].self_attn.q_proj.bits == bits
+    assert (out / "t3.safetensors").stat().st_size < 0.6 * (tmp_path / "fp32" / "t3.safetensors").stat().st_size
+    spk = mx.ones((1, 256)) / 16
+    logits = []
+    for m in (ref_model, model):
+        cond = m.condition(spk, mx.array([[1, 2, 3]]), 0.5)
+        h, _ = m(m.prefill_embeddings(cond, mx.array([255, 5, 6, 0]), True), m.make_cache())
+        logits.append(np.array(m.logits(h)))
+    rel = np.linalg.norm(logits[1] - logits[0]) / np.linalg.norm(logits[0])
+    assert rel < (0.05 if bits == 8 else 0.5)  # loose sanity bound; bench/ measures quality at full size
+
+
+def test_recipe_mismatch_is_a_clear_error(tmp_path):
+    ckpt = write_original_t3(tmp_path / "ckpt")
+    out = convert(ckpt, tmp_path / "q", quantize="q4", t3_overrides=TINY)
+    config = json.loads((out / "config.json").read_text())
+    config["quantization"]["bits"]["t3"] = 8
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match="wrong shapes"):
+        load_t3(out)
+    config["quantization"]["bits"]["t3"] = 5
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match="bad quantization"):
+        load_t3(out)
+
+
+@pytest.mark.parametrize("bad", ["q3", "t3=5", "group=48", "voice=4", "t3=x"])
+def test_bad_recipes_are_refused(tmp_path, bad):
+    from nightingale_mlx.quant import RecipeError
+
+    with pytest.raises(RecipeError):
+        convert(write_original_t3(tmp_path / "ckpt"), tmp_path / "o", quantize=bad, t3_overrides=TINY)

@@ -82,7 +82,7 @@ class T3(nn.Module):
         self, speaker_emb: mx.array, prompt_tokens: Optional[mx.array], exaggeration: float
     ) -> mx.array:
         """Conditioning tokens (1, 34, D) from a voice; cacheable per voice and exaggeration."""
-        dtype = self.speech_head.weight.dtype  # voices are fp32; compute in the model's dtype
+        dtype = self.tfmr.norm.weight.dtype  # voices are fp32; compute in the model's (norms stay float)
         prompt_emb = None
         if prompt_tokens is not None and prompt_tokens.size > 0:
             prompt_tokens = prompt_tokens.reshape(1, -1)
