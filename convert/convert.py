@@ -53,6 +53,15 @@ def convert_t3(checkpoint: Path, variant: str, recipe: quant.Recipe, overrides: 
     return model, cfg
 
 
+def t3_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelConfig, out: Path, options: dict):
+    model, config.t3 = convert_t3(checkpoint, variant, recipe, options.get("t3_overrides"))
+    model_io.save_weights(model, out / model_io.T3_FILE)
+
+
+# Each step converts one component of the checkpoint into the staging dir and fills its config section.
+STEPS = {"t3": t3_step}
+
+
 @contextmanager
 def staged_output(out: Path, force: bool):
     """Yields a temp dir beside OUT that replaces OUT only when the block succeeds (DESIGN §7).
@@ -87,19 +96,26 @@ def convert(
     profile: str = DEFAULT_PROFILE,
     force: bool = False,
     t3_overrides: Optional[dict] = None,
+    components=None,
 ) -> Path:
     """Converts an original checkpoint dir (or HF repo id) into a converted model dir at `out`.
 
     `quantize` is a recipe (`fp32|fp16|q8|q4` or `t3=4,flow=8,hift=16,cloning=16,group=64`).
     `t3_overrides` sets T3Config fields the tensors cannot tell (e.g. analyzer heads of a test model).
+    `components` limits conversion to some of `STEPS` (default: all).
     """
     recipe = quant.Recipe.parse(quantize)
     checkpoint = _resolve_checkpoint(checkpoint, variant)
     variant = detect_variant(checkpoint, variant)
-    t3, t3_cfg = convert_t3(checkpoint, variant, recipe, t3_overrides)
-    config = ModelConfig(variant=variant, profile=profile, t3=t3_cfg, quantization=recipe.to_dict())
+    components = list(components or STEPS)
+    unknown = [c for c in components if c not in STEPS]
+    if unknown:
+        raise ConversionError(f"unknown components {unknown}; expected {', '.join(STEPS)}")
+    config = ModelConfig(variant=variant, profile=profile, quantization=recipe.to_dict())
+    options = {"t3_overrides": t3_overrides}
     with staged_output(Path(out), force) as tmp:
-        model_io.save_weights(t3, tmp / model_io.T3_FILE)
+        for name in components:
+            STEPS[name](checkpoint, variant, recipe, config, tmp, options)
         model_io.save_config(config, tmp)
     return Path(out)
 

@@ -130,6 +130,10 @@ class ModelConfig(BaseConfig):
     profile: str = DEFAULT_PROFILE
     t3: T3Config = field(default_factory=T3Config)
     quantization: Optional[dict] = None
+    # Sections owned by other components, parsed by them; None when not converted.
+    s3gen: Optional[dict] = None
+    cloning: Optional[dict] = None
+    text: Optional[dict] = None
     format_version: str = "1"
 
     def __post_init__(self):

@@ -40,7 +40,7 @@ def test_t3_matches_reference(converted, mode):
     inputs = {k.split("/", 2)[2]: v for k, v in fx.items() if k.startswith(f"{mode}/in/")}
     ref = {k.split("/", 2)[2]: v for k, v in fx.items() if k.startswith(f"{mode}/ref/")}
     ours = t3_harness.run_ours(model_dir, inputs, alignment_analyzer=variant != "en")
-    checks = t3_harness.compare(ref, ours, "tiny", f"t3.{variant}.{mode}")
+    checks = t3_harness.compare(ref, ours, "tiny", f"t3.{variant}.{mode}", json.loads(str(inputs["params"]))["min_p"])
     failed = [c for c in checks if not c["ok"]]
     assert not failed, json.dumps(failed)
     if mode == "greedy":

@@ -57,7 +57,7 @@ def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bo
                 "--inputs", work / "in.npz", "--out", work / "ref.npz")
         ref = dict(np.load(work / "ref.npz"))
         ours = t3_harness.run_ours(model_dir, inputs, analyzer)
-        checks += t3_harness.compare(ref, ours, size, f"t3.{variant}.{mode}")
+        checks += t3_harness.compare(ref, ours, size, f"t3.{variant}.{mode}", params["min_p"])
         for k, v in ref.items():
             fixture[f"{mode}/ref/{k}"] = v[:FIXTURE_STEPS] if k in ("logits", "probs") else v
         for k, v in inputs.items():

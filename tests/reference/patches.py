@@ -6,6 +6,7 @@ Each patch changes sizes, file lookup or offline behaviour, never arithmetic:
   built with literal widths, some of them, like the pre-lookahead conv's 512, inside other
   constructors), and the VoiceEncoder and S3TokenizerV2 read module-level default configs.
   Tiny checkpoints need all of them smaller; sizes.py says which numbers change.
+- file lookup: `from_local` knows only the v2 T3 file name; `use_t3_file` points it at v3.
 - offline resources: the multilingual tokenizer fetches the Cangjie table through the HF cache and
   spacy_pkuseg downloads its model on first use; `offline_resources` serves the first from the
   checkpoint folder and hides the second (the reference then skips segmentation itself).
@@ -109,6 +110,21 @@ def _tiny_s3tokenizer() -> None:
 
     # chatterbox's S3Tokenizer calls S3TokenizerV2.__init__(name) and so gets its default config.
     _set_defaults(S3TokenizerV2.__init__, config=ModelConfig(**sizes.TINY_S3TOKENIZER))
+
+
+def use_t3_file(name: str) -> None:
+    """ChatterboxMultilingualTTS.from_local hard-codes the v2 T3 file; load `name` instead (v3)."""
+    from chatterbox import mtl_tts
+
+    load = mtl_tts.load_safetensors
+
+    def load_named(path, *args, **kwargs):
+        path = Path(path)
+        if path.name == "t3_mtl23ls_v2.safetensors":
+            path = path.with_name(name)
+        return load(path, *args, **kwargs)
+
+    mtl_tts.load_safetensors = load_named
 
 
 CANGJIE_FILE = "Cangjie5_TC.json"

@@ -19,7 +19,7 @@ TINY_ALIGNED_HEADS = [(3, 1), (2, 0), (1, 1)]
 # S3Gen at tiny size. Kept as in the real model (tied to the audio format or to the interfaces
 # between components): 80 mels, 6561 codes, 24 kHz, HiFT rates 8/5/3 with kernels 16/11/7,
 # iSTFT 16/4, 8 harmonics, the 192-d x-vector, the CFM input of 4 x 80 channels, the four
-# up-encoders and the CAMPPlus dense-block depths (both hard-coded in loops the patches leave alone).
+# up-encoders and the CAMPPlus dense-block depths (both hard-coded in loops no patch touches).
 TINY_FLOW = dict(
     width=64,  # token embedding, conformer width, pre-lookahead and upsample convs (real 512)
     attention_heads=2,  # head dim 32 (real 8 x 64)

@@ -86,7 +86,8 @@ def random_conds(seed: int) -> dict:
     tokens = _rng(seed, "conds.prompt_token").integers(0, SPEECH_CODES, (1, N_PROMPT_TOKENS))
     spk = np.maximum(_rng(seed, "conds.speaker_emb").standard_normal((1, 256)), 0.0)
     spk /= np.linalg.norm(spk, axis=1, keepdims=True)
-    feat = -6.0 + 2.0 * _rng(seed, "conds.prompt_feat").standard_normal((1, 2 * N_PROMPT_TOKENS, 80))
+    feat_shape = (1, 2 * N_PROMPT_TOKENS, 80)
+    feat = -6.0 + 2.0 * _rng(seed, "conds.prompt_feat").standard_normal(feat_shape)
     t3 = {
         "speaker_emb": spk.astype(np.float32),
         "clap_emb": None,

@@ -1,22 +1,16 @@
-"""Name and layout mapping from the reference's state dicts to ours, one function per component.
-
-Our module attributes carry the reference's names, so mapping is mostly dropping what inference
-never uses. Layouts are known by name, never guessed from shapes (DESIGN §4).
-"""
+"""T3: names are identical to the reference's; two unused tensors are dropped, sizes read by name."""
 
 from typing import Dict
 
 import numpy as np
+
+from .common import ConversionError
 
 # Tensors the reference stores but never uses at inference; dropped on purpose.
 UNUSED_T3 = (
     "text_head.weight",  # text-token logits: only the training loss reads them
     "tfmr.embed_tokens.weight",  # HF LlamaModel's (8, 1024) dummy; T3 feeds input embeddings
 )
-
-
-class ConversionError(ValueError):
-    pass
 
 
 def sanitize_t3(weights: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
