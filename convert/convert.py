@@ -16,6 +16,9 @@ from nightingale_mlx.models.t3 import T3
 
 from .checkpoint import read_checkpoint
 from .sanitize import ConversionError, sanitize_t3, t3_dims
+from .cloning import cloning_step
+from .text import text_step
+from .voices import voices_step
 
 # Preference when a dir holds several variants (the HF repo holds all three): newest first.
 AUTO_ORDER = ("mtl-v3", "mtl-v2", "en")
@@ -59,7 +62,7 @@ def t3_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelC
 
 
 # Each step converts one component of the checkpoint into the staging dir and fills its config section.
-STEPS = {"t3": t3_step}
+STEPS = {"t3": t3_step, "cloning": cloning_step, "voices": voices_step, "text": text_step}
 
 
 @contextmanager
@@ -74,6 +77,9 @@ def staged_output(out: Path, force: bool):
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model dir should look like any other
     try:
         yield tmp
     except BaseException:

@@ -4,11 +4,15 @@ from pathlib import Path
 
 from nightingale_mlx.config import T3_CHECKPOINT_FILES
 
+from .text import text_files
+
 DEFAULT_REPO = "ResembleAI/chatterbox"
 
 
 def variant_files(variant: str) -> list:
-    return [T3_CHECKPOINT_FILES[variant]]
+    # The English files are safetensors, the multilingual ones torch pickles (read without torch).
+    ext = "safetensors" if variant == "en" else "pt"
+    return [T3_CHECKPOINT_FILES[variant], f"s3gen.{ext}", f"ve.{ext}", "conds.pt", *text_files(variant)]
 
 
 def fetch_checkpoint(repo_id: str, variant: str) -> Path:

@@ -143,3 +143,147 @@ class ModelConfig(BaseConfig):
             raise ValueError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
+
+
+@dataclass
+class FlowConfig(BaseConfig):
+    """S3Gen's token-to-mel half: token embedding, conformer encoder, CFM with a U-Net estimator."""
+
+    vocab_size: int = SPEECH_VOCAB_SIZE
+    input_size: int = 512  # token embedding width
+    output_size: int = 80  # mel channels; also the projected speaker embedding
+    spk_embed_dim: int = 192  # CAMPPlus x-vector
+    token_mel_ratio: int = 2  # 25 tokens/s -> 50 mel frames/s
+    pre_lookahead_len: int = 3
+    encoder_size: int = 512
+    encoder_heads: int = 8
+    encoder_linear_units: int = 2048
+    encoder_blocks: int = 6  # before the x2 upsample
+    encoder_up_blocks: int = 4  # after it
+    decoder_channels: List[int] = field(default_factory=lambda: [256])
+    decoder_heads: int = 8
+    decoder_head_dim: int = 64
+    decoder_blocks: int = 4  # transformer blocks per U-Net stage
+    decoder_mid_blocks: int = 12
+    n_timesteps: int = 10
+    inference_cfg_rate: float = 0.7
+
+    @property
+    def decoder_in_channels(self) -> int:
+        return 4 * self.output_size  # x | mu | speaker | cond
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.decoder_channels[0]
+
+
+@dataclass
+class HiFTConfig(BaseConfig):
+    """HiFT vocoder (S3Gen `mel2wav`): F0 predictor, NSF source, HiFi-GAN upsampler, iSTFT head."""
+
+    in_channels: int = 80
+    base_channels: int = 512
+    nb_harmonics: int = 8  # harmonics above the fundamental: 9 sines in all
+    sampling_rate: int = 24000
+    nsf_alpha: float = 0.1  # sine amplitude
+    nsf_sigma: float = 0.003  # noise std in voiced regions
+    nsf_voiced_threshold: float = 10.0  # Hz
+    upsample_rates: List[int] = field(default_factory=lambda: [8, 5, 3])
+    upsample_kernel_sizes: List[int] = field(default_factory=lambda: [16, 11, 7])
+    istft_n_fft: int = 16
+    istft_hop: int = 4
+    resblock_kernel_sizes: List[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: List[List[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
+    source_resblock_kernel_sizes: List[int] = field(default_factory=lambda: [7, 7, 11])
+    source_resblock_dilation_sizes: List[List[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
+    lrelu_slope: float = 0.1  # the final leaky_relu uses torch's default 0.01 instead
+    audio_limit: float = 0.99
+    f0_cond_channels: int = 512  # ConvRNNF0Predictor conv width
+    f0_num_convs: int = 5
+
+    @property
+    def upsample_factor(self) -> int:
+        """Output samples per mel frame (480 for the real model)."""
+        factor = self.istft_hop
+        for r in self.upsample_rates:
+            factor *= r
+        return factor
+
+
+# Voice cloning front end (spec §1.1, §4, §5.1-§5.4): rates and crops of prepare_conditionals.
+S3_SR = 16000  # VoiceEncoder, S3 tokenizer and CAMPPlus input rate
+S3GEN_SR = 24000  # S3Gen reference mel rate (and output rate)
+ENC_COND_SECONDS = 6  # T3 prompt-token audio (ENC_COND_LEN = 96 000 @16k)
+DEC_COND_SECONDS = 10  # S3Gen reference audio (DEC_COND_LEN = 240 000 @24k)
+VE_MAX_SECONDS = 60  # our bound on the voice encoder's input (the reference takes the full clip)
+MIN_VOICE_SECONDS = 1.0
+
+
+@dataclass
+class VoiceEncoderConfig(BaseConfig):
+    """The 3-layer LSTM speaker encoder that conditions T3 (spec §4)."""
+
+    num_mels: int = 40
+    hidden_size: int = 256
+    num_layers: int = 3
+    embed_size: int = 256
+    partial_frames: int = 160
+    frame_step: int = 77  # round((16000 / rate 1.3) / 160)
+    min_coverage: float = 0.8
+    trim_top_db: float = 20.0
+
+
+@dataclass
+class S3TokenizerConfig(BaseConfig):
+    """S3TokenizerV2 (spec §5.1); the head dim is fixed at 64 by its RoPE table."""
+
+    n_mels: int = 128
+    n_state: int = 1280
+    n_head: int = 20
+    n_layer: int = 6
+    fsmn_kernel: int = 31
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class CAMPPlusConfig(BaseConfig):
+    """CAMPPlus x-vector (spec §5.2). Dense-block depths are the reference's literals."""
+
+    feat_dim: int = 80
+    embedding_size: int = 192
+    m_channels: int = 32
+    init_channels: int = 128
+    growth_rate: int = 32
+    bn_channels: int = 128
+    block_layers: List[int] = field(default_factory=lambda: [12, 24, 16])
+    block_dilations: List[int] = field(default_factory=lambda: [1, 2, 2])
+
+
+@dataclass
+class CloningConfig(BaseConfig):
+    """The cloning models (`cloning.safetensors`): voice encoder, S3 tokenizer, CAMPPlus."""
+
+    voice_encoder: VoiceEncoderConfig = field(default_factory=VoiceEncoderConfig)
+    s3_tokenizer: S3TokenizerConfig = field(default_factory=S3TokenizerConfig)
+    campplus: CAMPPlusConfig = field(default_factory=CAMPPlusConfig)
+
+    def __post_init__(self):
+        for name, cls in (("voice_encoder", VoiceEncoderConfig), ("s3_tokenizer", S3TokenizerConfig),
+                          ("campplus", CAMPPlusConfig)):
+            if isinstance(getattr(self, name), dict):
+                setattr(self, name, cls.from_dict(getattr(self, name)))
+
+
+# Text front end (spec §2): the tokenizer kinds and the multilingual preprocessing paths.
+TEXT_KINDS = ("mtl", "en")
+TEXT_PREPROC = ("v2", "nfkd_fullcase")  # "v2" = reference HEAD (also for v3); see text/tokenizer.py
+
+
+@dataclass
+class TextConfig(BaseConfig):
+    """The `text` section of config.json: tokenizer file, kind and preprocessing path."""
+
+    tokenizer: str
+    kind: str = "mtl"
+    text_preproc: Optional[str] = "v2"  # None for the English tokenizer
+    cangjie: Optional[str] = None  # the zh table's file name in the model dir, when converted

@@ -53,7 +53,7 @@ def test_full_size_t3_converts_and_loads_strictly(tmp_path):
     assert sum(v.size for v in state.values()) == 535_989_248
     save_file(state, str(tmp_path / "t3_mtl23ls_v2.safetensors"))
     del state
-    out = convert(tmp_path, tmp_path / "model")
+    out = convert(tmp_path, tmp_path / "model", components=["t3"])
     model, config = load_t3(out)
     assert config.variant == "mtl-v2" and config.t3.num_hidden_layers == 30
     cond = model.condition(mx.ones((1, 256)) / 16, None, 0.5)

@@ -30,7 +30,7 @@ def converted(request, tmp_path_factory, fixtures_dir):
     ckpt = tmp_path_factory.mktemp(f"ckpt-{variant}")
     save_file(state, str(ckpt / T3_FILES[variant]))
     model_dir = convert(ckpt, tmp_path_factory.mktemp("model") / variant, variant=variant,
-                        t3_overrides=t3_overrides("tiny"))
+                        t3_overrides=t3_overrides("tiny"), components=["t3"])
     return variant, fx, model_dir
 
 

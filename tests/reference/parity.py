@@ -45,7 +45,7 @@ def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bo
 
     ckpt, model_dir = work / "ckpt", work / "model"
     run_ref("make_checkpoint.py", "--size", size, "--variant", variant, "--seed", seed, "--out", ckpt, "--only", "t3")
-    convert(ckpt, model_dir, variant=variant, t3_overrides=t3_overrides(size), force=True)
+    convert(ckpt, model_dir, variant=variant, t3_overrides=t3_overrides(size), force=True, components=["t3"])
     manifest = json.loads((ckpt / "test_manifest.json").read_text())["files"]["t3"]
     analyzer = t3_harness.family(variant) == "mtl"  # 0.1.7 runs it for every multilingual model
 
@@ -75,6 +75,10 @@ def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bo
 # need several sub-harnesses (s3gen = flow + hift) list them in ALIASES.
 COMPONENTS = {"t3": t3_checks}
 ALIASES = {}
+from . import cloning_harness  # noqa: E402
+COMPONENTS["cloning"] = cloning_harness.cloning_checks
+from . import text_harness  # noqa: E402
+COMPONENTS["text"] = text_harness.text_checks
 
 
 def main(argv=None):

@@ -200,3 +200,68 @@ def install_logits_spy(record: list):
         return out
 
     T3HuggingfaceBackend.forward = forward
+
+
+def install_cfm_noise(noise):
+    """Randomness injection: CausalConditionalCFM.forward draws its start point with
+    `torch.randn_like(mu)`; this hands it `noise` (a (B, 80, T) tensor) instead. Every other torch
+    call in flow_matching.py goes through untouched."""
+    import chatterbox.models.s3gen.flow_matching as fm
+    import torch
+
+    def randn_like(x, *args, **kwargs):
+        if tuple(x.shape) != tuple(noise.shape):
+            raise ValueError(f"injected CFM noise {tuple(noise.shape)} != mu {tuple(x.shape)}")
+        return noise.clone().to(dtype=x.dtype, device=x.device)
+
+    class _TorchProxy:
+        def __getattr__(self, name):
+            return randn_like if name == "randn_like" else getattr(torch, name)
+
+    fm.torch = _TorchProxy()
+
+
+def install_hift_randomness(phases, noise):
+    """Randomness injection for HiFT's source (hifigan.py): SineGen draws its start phases with
+    `Uniform(-pi, pi).sample((B, 9, 1))` and its noise with `torch.randn_like(sine_waves)`; these
+    return `phases` (B, 9, 1) and `noise` (B, 9, N) instead. SineGen still zeroes the fundamental's
+    phase itself. SourceModuleHnNSF's own `randn_like(uv)` (a discarded output) keeps torch's RNG."""
+    import chatterbox.models.s3gen.hifigan as hg
+    import torch
+
+    class _Uniform:
+        def __init__(self, low, high):
+            pass
+
+        def sample(self, sample_shape):
+            if tuple(sample_shape) != tuple(phases.shape):
+                raise ValueError(f"injected phases {tuple(phases.shape)} != {tuple(sample_shape)}")
+            return phases.clone()
+
+    def randn_like(x, *args, **kwargs):
+        if tuple(x.shape) == tuple(noise.shape):
+            return noise.clone().to(dtype=x.dtype, device=x.device)
+        if x.shape[1] == noise.shape[1]:  # a SineGen draw of another length: a harness bug
+            raise ValueError(f"injected SineGen noise {tuple(noise.shape)} != {tuple(x.shape)}")
+        return torch.randn_like(x, *args, **kwargs)
+
+    class _TorchProxy:
+        def __getattr__(self, name):
+            return randn_like if name == "randn_like" else getattr(torch, name)
+
+    hg.Uniform = _Uniform
+    hg.torch = _TorchProxy()
+
+
+def install_hift_f0(hift, f0):
+    """F0 injection: HiFTGenerator.inference reads `self.f0_predictor(mel)`; this predictor returns
+    `f0` (B, T) in Hz, so a voiced track drives the sine source while the rest runs unchanged."""
+    import torch
+
+    class _FixedF0(torch.nn.Module):
+        def forward(self, mel):
+            if mel.shape[-1] != f0.shape[-1]:
+                raise ValueError(f"injected f0 has {f0.shape[-1]} frames, mel {mel.shape[-1]}")
+            return f0.clone()
+
+    hift.f0_predictor = _FixedF0()

@@ -1,0 +1,50 @@
+"""Conversion of the cloning models (voice encoder, S3 tokenizer, CAMPPlus) into `cloning.safetensors`."""
+
+from pathlib import Path
+from typing import Tuple
+
+import mlx.core as mx
+
+from nightingale_mlx import model_io, quant
+from nightingale_mlx.config import CloningConfig, ModelConfig
+from nightingale_mlx.voice import CLONING_FILE, CloningModels
+
+from .checkpoint import read_checkpoint
+from .sanitize.cloning import cloning_dims, sanitize_cloning
+from .sanitize.common import ConversionError
+
+# Multilingual checkpoints ship .pt files, English ones .safetensors; either is accepted.
+FILE_ORDER = {"en": (".safetensors", ".pt"), "mtl-v2": (".pt", ".safetensors"), "mtl-v3": (".pt", ".safetensors")}
+
+
+def find_file(checkpoint: Path, stem: str, variant: str) -> Path:
+    for suffix in FILE_ORDER.get(variant, (".pt", ".safetensors")):
+        if (checkpoint / f"{stem}{suffix}").is_file():
+            return checkpoint / f"{stem}{suffix}"
+    raise ConversionError(f"{checkpoint}: no {stem}.pt or {stem}.safetensors (needed for voice cloning)")
+
+
+def convert_cloning(checkpoint, variant: str, recipe: quant.Recipe) -> Tuple[CloningModels, CloningConfig]:
+    """Original `ve.*` + `s3gen.*` -> CloningModels (strictly loaded, in the recipe's precision)."""
+    checkpoint = Path(checkpoint)
+    ve_path, s3gen_path = find_file(checkpoint, "ve", variant), find_file(checkpoint, "s3gen", variant)
+    ve, s3gen = read_checkpoint(ve_path), read_checkpoint(s3gen_path)
+    cfg = CloningConfig.from_dict(cloning_dims(ve, s3gen))
+    models = CloningModels(cfg)
+    weights = {k: mx.array(v) for k, v in sanitize_cloning(ve, s3gen).items()}
+    model_io._load_strict(models, weights, f"{ve_path.name} + {s3gen_path.name}")
+    quant.apply(models, recipe.bits["cloning"], recipe.group_size)
+    models.eval()
+    return models, cfg
+
+
+def config_section(cfg: CloningConfig, recipe: quant.Recipe) -> dict:
+    """What `load_cloning` reads back from config.json's `cloning` entry."""
+    return {"config": cfg.to_dict(), "bits": recipe.bits["cloning"], "group_size": recipe.group_size}
+
+
+def cloning_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelConfig, out: Path, options: dict):
+    """convert.STEPS entry: writes cloning.safetensors and fills config.cloning."""
+    models, cfg = convert_cloning(checkpoint, variant, recipe)
+    model_io.save_weights(models, Path(out) / CLONING_FILE)
+    config.cloning = config_section(cfg, recipe)

@@ -1,0 +1,94 @@
+"""Conversion step for the text front end: copies the tokenizer files into the model dir.
+
+The multilingual checkpoints carry `grapheme_mtl_merged_expanded_v1.json` (v2 and v3) and the zh
+table `Cangjie5_TC.json`; the English one carries `tokenizer.json`. The reference fetches the
+Cangjie table into an HF cache inside the checkpoint dir, so that layout is searched too. A
+missing table is not an error here: only Chinese needs it, and it fails clearly at encode time.
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from nightingale_mlx.config import TEXT_PREPROC, ModelConfig, TextConfig
+
+from .sanitize import ConversionError
+
+TOKENIZER_FILES = {
+    "en": "tokenizer.json",
+    "mtl-v2": "grapheme_mtl_merged_expanded_v1.json",
+    "mtl-v3": "grapheme_mtl_merged_expanded_v1.json",
+}
+CANGJIE_FILE = "Cangjie5_TC.json"
+HF_CACHE_FOLDER = "models--ResembleAI--chatterbox"  # where the reference's hf_hub_download puts it
+DEFAULT_TEXT_PREPROC = "v2"  # the reference HEAD's path, for v3 as well (spec §2 caveat)
+
+
+def text_files(variant: str) -> list:
+    """The text files a variant's checkpoint holds (for fetching from the hub)."""
+    return [TOKENIZER_FILES[variant]] + ([] if variant == "en" else [CANGJIE_FILE])
+
+
+def _find_cangjie(checkpoint: Path) -> Optional[Path]:
+    direct = checkpoint / CANGJIE_FILE
+    if direct.is_file():
+        return direct
+    cached = sorted((checkpoint / HF_CACHE_FOLDER).glob(f"snapshots/*/{CANGJIE_FILE}"))
+    return cached[0] if cached else None
+
+
+def _check_tokenizer(path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    try:
+        vocab = Tokenizer.from_file(str(path)).get_vocab()
+    except Exception as e:  # the Rust side raises bare Exceptions on bad JSON
+        raise ConversionError(f"{path}: not a tokenizers JSON file ({e})") from e
+    missing = [t for t in ("[START]", "[STOP]") if t not in vocab]
+    if missing:
+        raise ConversionError(f"{path}: tokenizer lacks {missing}; not a Chatterbox tokenizer")
+
+
+def _check_cangjie(path: Path) -> None:
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        ok = isinstance(entries, list) and all(isinstance(e, str) and "\t" in e for e in entries)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{path}: unreadable Cangjie table ({e})") from e
+    if not ok:
+        raise ConversionError(f'{path}: expected a JSON list of "char<TAB>code" strings')
+
+
+def convert_text(checkpoint: Path, variant: str, out: Path, text_preproc: Optional[str] = None) -> dict:
+    """Copies the tokenizer (and Cangjie table) into `out`; returns the config `text` section."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    name = TOKENIZER_FILES[variant]
+    source = checkpoint / name
+    if not source.is_file():
+        raise ConversionError(f"{checkpoint}: no {name} (the {variant} tokenizer)")
+    _check_tokenizer(source)
+    shutil.copyfile(source, out / name)
+    if variant == "en":
+        if text_preproc is not None:
+            raise ConversionError("text_preproc applies to multilingual checkpoints only")
+        return TextConfig(tokenizer=name, kind="en", text_preproc=None).to_dict()
+
+    text_preproc = text_preproc or DEFAULT_TEXT_PREPROC
+    if text_preproc not in TEXT_PREPROC:
+        raise ConversionError(
+            f"unknown text_preproc {text_preproc!r}; expected one of {', '.join(TEXT_PREPROC)}"
+        )
+    table = _find_cangjie(checkpoint)
+    if table is not None:
+        _check_cangjie(table)
+        shutil.copyfile(table, out / CANGJIE_FILE)
+    return TextConfig(
+        tokenizer=name, kind="mtl", text_preproc=text_preproc,
+        cangjie=CANGJIE_FILE if table is not None else None,
+    ).to_dict()
+
+
+def text_step(checkpoint: Path, variant: str, recipe, config: ModelConfig, out: Path, options: dict):
+    """convert.STEPS entry: fills `config.text`. Option `text_preproc`: "v2" or "nfkd_fullcase"."""
+    config.text = convert_text(checkpoint, variant, out, options.get("text_preproc"))

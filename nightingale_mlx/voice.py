@@ -1,0 +1,157 @@
+"""Voices: the conditionals T3 and S3Gen need to speak like a reference clip (spec §1.1, §1.3).
+
+`prepare_voice` reproduces the reference's `prepare_conditionals`: the clip is loaded at 24 kHz
+(soxr_hq) and resampled to 16 kHz (soxr_hq) for T3's prompt tokens (first 6 s) and the voice
+encoder (the whole clip, which we bound at 60 s); the first 10 s at 24 kHz give S3Gen's
+reference mel, and their torchaudio-sinc 16 kHz version feeds CAMPPlus and the S3 tokenizer.
+A `Voice` holds embeddings only; exaggeration is a generate-time argument.
+"""
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Union
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from .audio.io import check_voice_audio, load_audio
+from .audio.mel import S3GEN_MEL, mel_spectrogram
+from .audio.resample import resample_sinc, resample_soxr
+from .config import (DEC_COND_SECONDS, ENC_COND_SECONDS, MIN_VOICE_SECONDS, S3_SR, S3GEN_SR, VE_MAX_SECONDS,
+                     CloningConfig)
+from .models.campplus import CAMPPlus
+from .models.s3tokenizer import S3TokenizerV2
+from .models.voice_encoder import VoiceEncoder
+
+VOICE_METADATA = {"format": "nightingale-mlx", "format_version": "1", "kind": "voice"}
+CLONING_FILE = "cloning.safetensors"
+T3_PROMPT_TOKENS = 150  # T3Config.speech_cond_prompt_len
+MEL_FRAMES_PER_TOKEN = 2  # S3Gen: 50 mel frames/s, 25 tokens/s
+
+
+class VoiceError(ValueError):
+    """A voice file that is missing, malformed or not a voice."""
+
+
+# name -> (rank, dtype): what a Voice file must hold.
+_LAYOUT = {
+    "speaker_emb": (2, mx.float32),
+    "prompt_tokens": (2, mx.int32),
+    "gen_prompt_token": (2, mx.int32),
+    "gen_prompt_feat": (3, mx.float32),
+    "gen_embedding": (2, mx.float32),
+}
+
+
+@dataclass
+class Voice:
+    """A cloned (or built-in) voice.
+
+    speaker_emb (1, 256) VoiceEncoder embedding for T3; prompt_tokens (1, <=150) int32 T3 prompt;
+    gen_prompt_token (1, Np) int32, gen_prompt_feat (1, Tm, 80) log-mel and gen_embedding (1, 192)
+    CAMPPlus x-vector for S3Gen.
+    """
+
+    speaker_emb: mx.array
+    prompt_tokens: mx.array
+    gen_prompt_token: mx.array
+    gen_prompt_feat: mx.array
+    gen_embedding: mx.array
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            rank, dtype = _LAYOUT[f.name]
+            value = mx.array(value) if not isinstance(value, mx.array) else value
+            if value.ndim != rank or value.shape[0] != 1:
+                raise VoiceError(f"voice {f.name}: expected rank {rank} with batch 1, got shape {value.shape}")
+            setattr(self, f.name, value.astype(dtype))
+
+    def save(self, path) -> Path:
+        """Writes the voice as safetensors (metadata kind=voice), atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.stem}.tmp.safetensors")  # mx.save_safetensors wants the suffix
+        mx.save_safetensors(str(tmp), {f.name: getattr(self, f.name) for f in fields(self)}, metadata=VOICE_METADATA)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Voice":
+        """Reads a voice written by `save` (or by the converter from `conds.pt`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise VoiceError(f"{path}: no such voice file")
+        try:
+            arrays, metadata = mx.load(str(path), return_metadata=True)
+        except Exception as e:  # MLX raises bare RuntimeErrors on corrupt files
+            raise VoiceError(f"{path}: not a readable safetensors file ({e}); bake the voice again") from None
+        if metadata.get("format") != VOICE_METADATA["format"] or metadata.get("kind") != "voice":
+            raise VoiceError(f"{path}: not a nightingale-mlx voice file; make one with `nightingale voice REF.wav`")
+        missing = sorted(set(_LAYOUT) - set(arrays))
+        extra = sorted(set(arrays) - set(_LAYOUT))
+        if missing or extra:
+            raise VoiceError(f"{path}: malformed voice (missing {missing}, unexpected {extra}); bake it again")
+        return cls(**arrays)
+
+
+class CloningModels(nn.Module):
+    """The three networks of `cloning.safetensors`: `ve`, `tokenizer`, `speaker_encoder`."""
+
+    def __init__(self, cfg: CloningConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.ve = VoiceEncoder(cfg.voice_encoder)
+        self.tokenizer = S3TokenizerV2(cfg.s3_tokenizer)
+        self.speaker_encoder = CAMPPlus(cfg.campplus)
+
+
+def load_cloning(model_dir, config_section) -> CloningModels:
+    """Loads `cloning.safetensors` of a converted model dir (strict), given config.json's `cloning`
+    section ({"config": CloningConfig dict, "bits": ..., "group_size": ...})."""
+    from . import model_io, quant
+
+    if not config_section:
+        raise model_io.ModelDirError(f"{model_dir}: no cloning models in config.json; convert the model again")
+    models = CloningModels(CloningConfig.from_dict(config_section["config"]))
+    quant.apply(models, int(config_section.get("bits", 32)), int(config_section.get("group_size", 64)))
+    model_io.load_weights(models, Path(model_dir) / CLONING_FILE)
+    models.eval()
+    mx.eval(models.parameters())
+    return models
+
+
+def load_reference(wav_or_path: Union[str, Path, np.ndarray], sample_rate: int = None) -> np.ndarray:
+    """A path, or (samples, sample_rate), -> validated float32 mono at 24 kHz (librosa.load(sr=24000))."""
+    if isinstance(wav_or_path, (str, Path)):
+        wav, sr = load_audio(wav_or_path)
+        name = str(wav_or_path)
+    else:
+        if sample_rate is None:
+            raise VoiceError("pass sample_rate with a sample array")
+        wav, sr, name = wav_or_path, int(sample_rate), "reference audio"
+    wav = check_voice_audio(wav, sr, name, MIN_VOICE_SECONDS)
+    return resample_soxr(wav, sr, S3GEN_SR)
+
+
+def prepare_voice(models: CloningModels, wav_or_path, sample_rate: int = None) -> Voice:
+    """Reference audio (a file path, or samples with their `sample_rate`) -> Voice, as the reference's
+    `prepare_conditionals` computes it (crops: 6 s for T3 tokens, 10 s for S3Gen, 60 s bound for the VE)."""
+    ref24 = load_reference(wav_or_path, sample_rate)
+    ref16 = resample_soxr(ref24, S3GEN_SR, S3_SR)
+    gen = embed_ref(models, ref24[: DEC_COND_SECONDS * S3GEN_SR])
+    prompt_tokens = models.tokenizer(ref16[: ENC_COND_SECONDS * S3_SR], max_len=T3_PROMPT_TOKENS)
+    speaker_emb = models.ve.embed_wav(ref16[: VE_MAX_SECONDS * S3_SR])
+    return Voice(speaker_emb=speaker_emb, prompt_tokens=prompt_tokens, **gen)
+
+
+def embed_ref(models: CloningModels, ref24: np.ndarray) -> dict:
+    """`S3Gen.embed_ref(ref24, 24000)`: reference mel, CAMPPlus x-vector and prompt tokens."""
+    feat = mel_spectrogram(ref24, S3GEN_MEL)[None]  # (1, Tm, 80)
+    ref16 = resample_sinc(ref24, S3GEN_SR, S3_SR)
+    embedding = models.speaker_encoder.embed_wav(ref16)
+    tokens = models.tokenizer(ref16)
+    n_frames = feat.shape[1]
+    if n_frames != MEL_FRAMES_PER_TOKEN * tokens.shape[1]:
+        tokens = tokens[:, : n_frames // MEL_FRAMES_PER_TOKEN]  # the reference truncates the same way
+    return dict(gen_prompt_token=tokens, gen_prompt_feat=feat, gen_embedding=embedding)
