@@ -366,3 +366,15 @@ def flatten_state(obj, prefix: str = "") -> dict:
     for key, value in children:
         out.update(flatten_state(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
+
+
+# Multilingual checkpoints ship .pt files, English ones .safetensors; either is accepted.
+FILE_ORDER = {"en": (".safetensors", ".pt"), "mtl-v2": (".pt", ".safetensors"), "mtl-v3": (".pt", ".safetensors")}
+
+
+def find_checkpoint_file(checkpoint: Path, stem: str, variant: str) -> Path:
+    """`<stem>.pt` or `<stem>.safetensors` in a checkpoint dir, the variant's usual format first."""
+    for suffix in FILE_ORDER.get(variant, (".pt", ".safetensors")):
+        if (Path(checkpoint) / f"{stem}{suffix}").is_file():
+            return Path(checkpoint) / f"{stem}{suffix}"
+    raise CheckpointError(f"{checkpoint}: no {stem}.pt or {stem}.safetensors")

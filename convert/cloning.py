@@ -9,20 +9,10 @@ from nightingale_mlx import model_io, quant
 from nightingale_mlx.config import CloningConfig, ModelConfig
 from nightingale_mlx.voice import CLONING_FILE, CloningModels
 
+from .checkpoint import find_checkpoint_file as find_file
 from .checkpoint import read_checkpoint
 from .sanitize.cloning import cloning_dims, sanitize_cloning
 from .sanitize.common import ConversionError
-
-# Multilingual checkpoints ship .pt files, English ones .safetensors; either is accepted.
-FILE_ORDER = {"en": (".safetensors", ".pt"), "mtl-v2": (".pt", ".safetensors"), "mtl-v3": (".pt", ".safetensors")}
-
-
-def find_file(checkpoint: Path, stem: str, variant: str) -> Path:
-    for suffix in FILE_ORDER.get(variant, (".pt", ".safetensors")):
-        if (checkpoint / f"{stem}{suffix}").is_file():
-            return checkpoint / f"{stem}{suffix}"
-    raise ConversionError(f"{checkpoint}: no {stem}.pt or {stem}.safetensors (needed for voice cloning)")
-
 
 def convert_cloning(checkpoint, variant: str, recipe: quant.Recipe) -> Tuple[CloningModels, CloningConfig]:
     """Original `ve.*` + `s3gen.*` -> CloningModels (strictly loaded, in the recipe's precision)."""

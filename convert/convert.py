@@ -17,6 +17,7 @@ from nightingale_mlx.models.t3 import T3
 from .checkpoint import read_checkpoint
 from .sanitize import ConversionError, sanitize_t3, t3_dims
 from .cloning import cloning_step
+from .s3gen import s3gen_step
 from .text import text_step
 from .voices import voices_step
 
@@ -62,7 +63,7 @@ def t3_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelC
 
 
 # Each step converts one component of the checkpoint into the staging dir and fills its config section.
-STEPS = {"t3": t3_step, "cloning": cloning_step, "voices": voices_step, "text": text_step}
+STEPS = {"t3": t3_step, "s3gen": s3gen_step, "cloning": cloning_step, "voices": voices_step, "text": text_step}
 
 
 @contextmanager

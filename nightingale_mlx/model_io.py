@@ -15,6 +15,7 @@ from .models.t3 import T3
 FORMAT_METADATA = {"format": "nightingale-mlx", "format_version": "1"}
 CONFIG_FILE = "config.json"
 T3_FILE = "t3.safetensors"
+S3GEN_FILE = "s3gen.safetensors"
 
 
 class ModelDirError(ValueError):
@@ -90,3 +91,20 @@ def load_t3(model_dir: Path, config: ModelConfig = None) -> Tuple[T3, ModelConfi
     model.eval()
     mx.eval(model.parameters())
     return model, config
+
+
+def load_s3gen(model_dir: Path, config: ModelConfig = None):
+    from .config import FlowConfig, HiFTConfig
+    from .models.s3gen import S3Gen
+
+    config = config or load_config(model_dir)
+    if not config.s3gen:
+        raise ModelDirError(f"{model_dir}: no S3Gen in config.json; convert the model again")
+    recipe = recipe_of(config)
+    model = S3Gen(FlowConfig.from_dict(config.s3gen["flow"]), HiFTConfig.from_dict(config.s3gen["hift"]))
+    quant.apply(model.flow, recipe.bits["flow"], recipe.group_size)
+    quant.apply(model.mel2wav, recipe.bits["hift"], recipe.group_size)
+    load_weights(model, Path(model_dir) / S3GEN_FILE)
+    model.eval()
+    mx.eval(model.parameters())
+    return model

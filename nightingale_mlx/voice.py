@@ -71,6 +71,9 @@ class Voice:
     def save(self, path) -> Path:
         """Writes the voice as safetensors (metadata kind=voice), atomically."""
         path = Path(path)
+        if path.suffix != ".safetensors":
+            raise VoiceError(f"{path}: a voice file must end in .safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.stem}.tmp.safetensors")  # mx.save_safetensors wants the suffix
         mx.save_safetensors(str(tmp), {f.name: getattr(self, f.name) for f in fields(self)}, metadata=VOICE_METADATA)
         tmp.replace(path)

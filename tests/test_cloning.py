@@ -3,6 +3,8 @@
 import mlx.core as mx
 import numpy as np
 import pytest
+
+from convert.checkpoint import CheckpointError
 from safetensors.numpy import save_file
 
 from convert.cloning import config_section, convert_cloning
@@ -104,7 +106,7 @@ def _write_checkpoint(models, directory):
 
 
 def test_conversion_errors(tmp_path, models):
-    with pytest.raises(ConversionError, match="no ve.pt or ve.safetensors"):
+    with pytest.raises(CheckpointError, match="no ve.pt or ve.safetensors"):
         convert_cloning(tmp_path, "en", quant.Recipe.parse("fp32"))
     _write_checkpoint(models, tmp_path)
     save_file({"flow.x": np.zeros(2, np.float32)}, str(tmp_path / "s3gen.safetensors"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import t3_harness
+from . import flow_harness, t3_harness
 from .sizes import t3_overrides
 
 HERE = Path(__file__).resolve().parent
@@ -77,8 +77,13 @@ COMPONENTS = {"t3": t3_checks}
 ALIASES = {}
 from . import cloning_harness  # noqa: E402
 COMPONENTS["cloning"] = cloning_harness.cloning_checks
+COMPONENTS["flow"] = flow_harness.flow_checks
+ALIASES.setdefault("s3gen", []).append("flow")
 from . import text_harness  # noqa: E402
 COMPONENTS["text"] = text_harness.text_checks
+from . import hift_harness  # noqa: E402
+COMPONENTS["hift"] = hift_harness.hift_checks
+ALIASES.setdefault("s3gen", []).append("hift")
 
 
 def main(argv=None):

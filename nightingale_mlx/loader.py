@@ -1,0 +1,69 @@
+"""`load()`: a converted dir, an original checkpoint dir or a Hugging Face repo id -> TTS.
+
+Originals are converted once with the default recipe into a cache dir and reused afterwards.
+"""
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional
+
+from .model_io import CONFIG_FILE
+from .tts import TTS
+
+DEFAULT_MODEL = "ResembleAI/chatterbox"
+DEFAULT_VARIANT = "mtl-v3"
+DEFAULT_RECIPE = "fp32"
+SYNTHETIC = "synthetic"
+
+
+def cache_root() -> Path:
+    """Where converted originals live: $NIGHTINGALE_CACHE, else ~/.cache/nightingale/models."""
+    return Path(os.environ.get("NIGHTINGALE_CACHE", Path.home() / ".cache" / "nightingale" / "models"))
+
+
+def _is_repo_id(model: str) -> bool:
+    return model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).exists()
+
+
+def resolve_model(model: str = DEFAULT_MODEL, variant: Optional[str] = None, quantize: Optional[str] = None) -> Path:
+    """The converted model dir for MODEL, converting (and downloading) on first use."""
+    from convert.convert import convert
+
+    if model == SYNTHETIC:
+        from .synthetic import synthetic_model
+
+        return synthetic_model(cache_root() / SYNTHETIC)
+    path = Path(model).expanduser()
+    if (path / CONFIG_FILE).is_file():
+        if variant or quantize:
+            raise ValueError(f"{path} is already converted; --variant/--quantize apply to originals only")
+        return path
+    recipe = quantize or DEFAULT_RECIPE
+    if path.is_dir():
+        source = str(path.resolve())
+        variant = variant or "auto"
+    elif _is_repo_id(model):
+        source = model
+        variant = variant or DEFAULT_VARIANT
+    else:
+        raise FileNotFoundError(f"{model}: no such model dir, and not a Hugging Face repo id like {DEFAULT_MODEL}")
+    tag = hashlib.sha256(source.encode()).hexdigest()[:10]
+    out = cache_root() / f"{Path(source).name}-{tag}-{variant}-{recipe.replace(',', '_').replace('=', '')}"
+    if not (out / CONFIG_FILE).is_file():
+        convert(source, out, variant=variant, quantize=recipe, force=out.exists())
+    return out
+
+
+def load(model: str = DEFAULT_MODEL, variant: Optional[str] = None, quantize: Optional[str] = None,
+         profile: Optional[str] = None) -> TTS:
+    """Loads a model for speech.
+
+    Args:
+        model: a converted model dir, an original checkpoint dir, a Hugging Face repo id
+            (default ResembleAI/chatterbox), or "synthetic" (a tiny random model: not speech).
+        variant: for originals: en, mtl-v2 or mtl-v3 (default mtl-v3 for the hub repo).
+        quantize: for originals: fp32, fp16, q8, q4 or a per-component recipe.
+        profile: upstream (default) or compat-0.1.7.
+    """
+    return TTS(resolve_model(model, variant, quantize), profile=profile)

@@ -1,0 +1,169 @@
+"""TTS: the components of a converted model, and text -> speech."""
+
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import mlx.core as mx
+import numpy as np
+
+from . import model_io
+from .audio.clip import Audio
+from .config import PROFILES, SPEECH_VOCAB_SIZE
+from .models.s3gen import S3GEN_SR
+from .sampling import SamplingParams
+from .text import Tokenizer, estimate_seconds, split_text, validate_language
+from .voice import Voice, VoiceError, load_cloning, prepare_voice
+
+DEFAULT_VOICE = Path("voices") / "default.safetensors"
+SPEECH_TOKENS_PER_SECOND = 25
+# End-of-speech guard: tokens capped at this many seconds per estimated second of text, plus slack.
+TOKEN_CAP_RATIO, TOKEN_CAP_SLACK_S = 2.5, 3.0
+SENTENCE_PAUSE_S = 0.15
+# Trailing silence below this level (relative to the peak) is trimmed, keeping a short tail.
+SILENCE_TOP_DB, SILENCE_TAIL_S = 40.0, 0.1
+
+
+class TTS:
+    """A loaded model. Build it with `nightingale_mlx.load()`."""
+
+    sample_rate = S3GEN_SR
+
+    def __init__(self, model_dir: Path, profile: Optional[str] = None):
+        self.model_dir = Path(model_dir)
+        self.config = model_io.load_config(self.model_dir)
+        if profile is not None and profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; expected one of {', '.join(PROFILES)}")
+        self.profile = PROFILES[profile or self.config.profile]
+        self.t3, _ = model_io.load_t3(self.model_dir, self.config)
+        self.s3gen = model_io.load_s3gen(self.model_dir, self.config)
+        self.tokenizer = Tokenizer.from_model_dir(self.model_dir, self.config.text)
+        self._cloning = None
+        self._default_voice = None
+        self._cond_cache = None  # (voice, exaggeration, conditioning tokens)
+
+    @property
+    def variant(self) -> str:
+        return self.config.variant
+
+    # --- voices -----------------------------------------------------------------------------
+
+    def prepare_voice(self, wav: Union[str, Path, np.ndarray], sample_rate: Optional[int] = None) -> Voice:
+        """Clones a voice from reference audio (a path, or samples with their sample_rate)."""
+        if self._cloning is None:
+            self._cloning = load_cloning(self.model_dir, self.config.cloning)
+        return prepare_voice(self._cloning, wav, sample_rate)
+
+    def resolve_voice(self, voice: Union[None, str, Path, Voice]) -> Voice:
+        """None -> the built-in voice; NAME -> voices/NAME.safetensors; a .safetensors -> a baked
+        voice; any other path -> reference audio, cloned now."""
+        if isinstance(voice, Voice):
+            return voice
+        if voice is None:
+            if self._default_voice is None:
+                self._default_voice = Voice.load(self.model_dir / DEFAULT_VOICE)
+            return self._default_voice
+        named = self.model_dir / "voices" / f"{voice}.safetensors"
+        if named.is_file():
+            return Voice.load(named)
+        path = Path(voice)
+        if not path.exists():
+            raise VoiceError(f"{voice}: no such voice file, and no voice of that name in {self.model_dir / 'voices'}")
+        return Voice.load(path) if path.suffix == ".safetensors" else self.prepare_voice(path)
+
+    def _condition(self, voice: Voice, exaggeration: float) -> mx.array:
+        cached = self._cond_cache
+        if cached is None or cached[0] is not voice or cached[1] != float(exaggeration):
+            cond = self.t3.condition(voice.speaker_emb, voice.prompt_tokens, exaggeration)
+            self._cond_cache = cached = (voice, float(exaggeration), cond)
+        return cached[2]
+
+    # --- generation -------------------------------------------------------------------------
+
+    def sampling_params(self, **overrides) -> SamplingParams:
+        """The reference's generate() defaults; the repetition penalty follows the profile."""
+        params = dict(repetition_penalty=self.profile.repetition_penalty, top_p=1.0)
+        params.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplingParams(**params)
+
+    def speech_tokens(self, text: str, language: Optional[str], voice: Voice, exaggeration: float,
+                      params: SamplingParams, key: Optional[mx.array] = None, max_new_tokens: Optional[int] = None):
+        """Yields T3's speech tokens for one sentence (the end-of-speech guard caps their count)."""
+        ids = self.tokenizer.text_tokens(text, language)
+        cap = int(SPEECH_TOKENS_PER_SECOND * (TOKEN_CAP_RATIO * estimate_seconds(text, language or "en")
+                                              + TOKEN_CAP_SLACK_S))
+        limit = min(max_new_tokens or params.max_new_tokens, cap)
+        step_params = SamplingParams(**{**params.__dict__, "max_new_tokens": limit})
+        analyzer = self.profile.alignment_analyzer and self.t3.cfg.is_multilingual
+        yield from self.t3.inference(self._condition(voice, exaggeration), mx.array(ids), step_params,
+                                     key=key, alignment_analyzer=analyzer)
+
+    def _check_language(self, language: Optional[str]) -> Optional[str]:
+        if language is None:
+            return "en"
+        return validate_language(language)
+
+    def generate(
+        self,
+        text: str,
+        language: Optional[str] = None,
+        voice: Union[None, str, Path, Voice] = None,
+        exaggeration: float = 0.5,
+        seed: Optional[int] = None,
+        max_new_tokens: Optional[int] = None,
+        progress=None,
+        **sampling,
+    ) -> Audio:
+        """Text -> Audio at 24 kHz. Long text is spoken sentence by sentence with short pauses.
+
+        `sampling`: temperature, cfg_weight, repetition_penalty, min_p, top_p (reference defaults;
+        the penalty follows the profile). `seed` makes the whole pipeline deterministic.
+        `progress(i, n, sentence)` is called before each sentence.
+        """
+        language = self._check_language(language)
+        params = self.sampling_params(**sampling)
+        voice = self.resolve_voice(voice)
+        chunks = split_text(text, language)
+        if not chunks:
+            raise ValueError("text is empty; give some words to speak")
+        key = mx.random.key(seed) if seed is not None else None
+        pieces, info = [], {"sentences": len(chunks), "speech_tokens": 0, "t3_s": 0.0, "s3gen_s": 0.0}
+        pause = np.zeros(int(SENTENCE_PAUSE_S * self.sample_rate), np.float32)
+        for i, chunk in enumerate(chunks):
+            if progress is not None:
+                progress(i, len(chunks), chunk)
+            t3_key = s3_key = None
+            if key is not None:
+                key, t3_key, s3_key = mx.random.split(key, 3)
+            t0 = time.perf_counter()
+            tokens = list(self.speech_tokens(chunk, language, voice, exaggeration, params, t3_key, max_new_tokens))
+            t1 = time.perf_counter()
+            wav = self.s3gen.inference(tokens, voice, key=s3_key, drop_last_token=self.profile.drop_last_token)
+            wav = trim_trailing_silence(np.array(wav), self.sample_rate)
+            info["t3_s"] += t1 - t0
+            info["s3gen_s"] += time.perf_counter() - t1
+            info["speech_tokens"] += sum(1 for t in tokens if t < SPEECH_VOCAB_SIZE)
+            pieces += [wav, pause]
+        samples = np.concatenate(pieces[:-1]) if pieces else np.zeros(0, np.float32)
+        info["audio_s"] = len(samples) / self.sample_rate
+        info["rtf"] = (info["t3_s"] + info["s3gen_s"]) / max(info["audio_s"], 1e-9)
+        return Audio(samples.astype(np.float32), self.sample_rate, info)
+
+
+def trim_trailing_silence(wav: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Cuts trailing audio quieter than SILENCE_TOP_DB below the peak, keeping a short tail.
+
+    Chatterbox without the analyzer can run on with seconds of near-silence after the text.
+    """
+    if wav.size == 0:
+        return wav
+    frame = sample_rate // 100  # 10 ms
+    n = len(wav) // frame
+    if n == 0:
+        return wav
+    rms = np.sqrt(np.mean(wav[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-20)
+    loud = np.nonzero(20 * np.log10(rms / (rms.max() + 1e-20)) > -SILENCE_TOP_DB)[0]
+    if len(loud) == 0:
+        return wav
+    end = min(len(wav), (loud[-1] + 1) * frame + int(SILENCE_TAIL_S * sample_rate))
+    return wav[:end]
