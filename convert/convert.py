@@ -47,9 +47,12 @@ def convert_t3(checkpoint: Path, variant: str, recipe: quant.Recipe, overrides: 
         raise ConversionError(
             f"{variant} checkpoint has a text vocabulary of {cfg.text_vocab_size}, which is the other variant's"
         )
-    for layer, head in cfg.alignment_heads:
+    for layer, head in cfg.alignment_heads if cfg.is_multilingual else ():  # only multilingual runs the analyzer
         if layer >= cfg.num_hidden_layers or head >= cfg.num_attention_heads:
-            raise ConversionError(f"alignment head ({layer}, {head}) is outside the {dims} backbone")
+            raise ConversionError(
+                f"alignment head ({layer}, {head}) is outside the {cfg.num_hidden_layers}-layer, "
+                f"{cfg.num_attention_heads}-head backbone; not a full-size Chatterbox T3"
+            )
     model = T3(cfg)
     weights = {k: mx.array(v) for k, v in sanitize_t3(weights).items()}
     model_io._load_strict(model, weights, checkpoint / T3_CHECKPOINT_FILES[variant])

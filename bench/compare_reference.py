@@ -1,0 +1,127 @@
+"""Side by side with the PyTorch reference on identical random full-size weights.
+
+    python -m bench.compare_reference --size full --tokens 100 --json [--recipes fp32,fp16,q8,q4]
+
+Writes (once, cached) a random checkpoint in the original format with the reference env, converts
+it per recipe, then runs the same end-to-end workload (T3 prefill + exactly N tokens with CFG,
+then S3Gen on them) in fresh processes, alternating reference and ours. Ratios are ours/ref.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import ROOT, machine, run_worker
+
+REF_PYTHON = os.environ.get("NIGHTINGALE_REF_PYTHON", str(Path.home() / ".cache/nightingale/ref-env/bin/python"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NIGHTINGALE_BENCH_CACHE", Path.home() / ".cache/nightingale/bench"))
+
+
+def checkpoint(size: str, variant: str, seed: int) -> Path:
+    out = cache_dir() / f"{size}-{variant}-seed{seed}"
+    if not (out / "test_manifest.json").is_file():
+        subprocess.run([REF_PYTHON, str(ROOT / "tests/reference/make_checkpoint.py"), "--size", size,
+                        "--variant", variant, "--seed", str(seed), "--out", str(out)], check=True)
+    return out
+
+
+def converted(ckpt: Path, variant: str, recipe: str) -> Path:
+    from convert.convert import convert
+    from tests.reference.sizes import t3_overrides
+
+    out = Path(f"{ckpt}-{recipe}")
+    if not (out / "config.json").is_file():
+        size = "tiny" if "tiny" in ckpt.name else "full"
+        convert(ckpt, out, variant=variant, quantize=recipe, t3_overrides=t3_overrides(size), force=True)
+    return out
+
+
+def t3_bytes_per_token(model_dir: Path) -> int:
+    """Weight bytes one decode step must read: the backbone and the speech head (embedding rows
+    and position tables are gathered, not streamed)."""
+    from convert.checkpoint import read_safetensors
+
+    weights = read_safetensors(model_dir / "t3.safetensors")
+    return sum(v.nbytes for k, v in weights.items() if k.startswith(("tfmr.", "speech_head.")))
+
+
+def dir_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def copy_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
+    """Bytes read + written per second by a large memcpy (numpy), the machine's streaming ceiling."""
+    a = np.ones(size_mb * 2**20 // 4, np.float32)
+    b = np.empty_like(a)
+    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(repeats))
+    return 2 * a.nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=["tiny", "full"], default="full")
+    p.add_argument("--variant", default="en", help="en: no alignment analyzer on either side")
+    p.add_argument("--tokens", type=int, default=100)
+    p.add_argument("--recipes", default="fp32,fp16,q8,q4")
+    p.add_argument("--pairs", type=int, default=1, help="alternating ref/ours rounds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    ckpt = checkpoint(args.size, args.variant, args.seed)
+    recipes = args.recipes.split(",")
+    models = {r: converted(ckpt, args.variant, r) for r in recipes}
+    common = ["--workload", "e2e", "--tokens", args.tokens, "--repeats", 1]
+    ref_runs, ours_runs = [], {r: [] for r in recipes}
+    for _ in range(args.pairs):
+        ref_runs.append(run_worker("bench.ref_worker", [ckpt, "--variant", args.variant, "--size", args.size, *common],
+                                   python=REF_PYTHON))
+        for r in recipes:
+            ours_runs[r].append(run_worker("bench.worker", [models[r], *common]))
+
+    def median(runs, key):
+        return float(np.median([x[key] for x in runs]))
+
+    metrics = ("decode_tok_s", "prefill_s", "s3gen_s", "total_s", "peak_rss_mb")
+    ref = {k: median(ref_runs, k) for k in metrics}
+    ours = {r: {**{k: median(ours_runs[r], k) for k in metrics}, "size_on_disk_mb": dir_size_mb(models[r])}
+            for r in recipes}
+    fastest = min(recipes, key=lambda r: ours[r]["total_s"])
+    bandwidth = copy_bandwidth_gbs()
+    result = {
+        "machine": {**machine(), "copy_bandwidth_gbs": bandwidth},
+        "workload": {"size": args.size, "variant": args.variant, "tokens": args.tokens, "cfg_weight": 0.5,
+                     "fastest_recipe": fastest},
+        "ref": ref,
+        "ours": ours,
+        "ratios": {
+            "t3_decode_tok_s": ours[fastest]["decode_tok_s"] / ref["decode_tok_s"],
+            "s3gen_time": ours[fastest]["s3gen_s"] / ref["s3gen_s"],
+            "e2e_time": ours[fastest]["total_s"] / ref["total_s"],
+            **({"peak_memory_q4": ours["q4"]["peak_rss_mb"] / ref["peak_rss_mb"]} if "q4" in ours else {}),
+        },
+    }
+    if "fp32" in ours:
+        bytes_per_token = t3_bytes_per_token(models["fp32"])
+        result["roofline_fraction"] = bytes_per_token * ours["fp32"]["decode_tok_s"] / (bandwidth * 1e9)
+        result["machine"]["t3_fp32_bytes_per_token"] = bytes_per_token
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""One measurement of nightingale_mlx in a fresh process; prints one JSON line.
+
+    python -m bench.worker MODEL_DIR --workload t3|s3gen|e2e --tokens N [--cfg W] [--repeats R]
+
+Every workload produces exactly N valid speech tokens (EOS and ids >= 6561 are masked), so both
+implementations do the same work. Peak memory is this process's peak RSS.
+"""
+
+import argparse
+import json
+import time
+
+import mlx.core as mx
+import numpy as np
+
+from bench.common import peak_rss_mb
+from nightingale_mlx.config import SPEECH_VOCAB_SIZE
+from nightingale_mlx.model_io import load_config, load_s3gen, load_t3
+from nightingale_mlx.sampling import SamplingParams
+from nightingale_mlx.voice import Voice
+
+TEXT_LEN = 60
+
+
+def eos_masked_sampler(seed: int):
+    key = mx.random.key(seed)
+
+    def sample(logits):
+        nonlocal key
+        key, sub = mx.random.split(key)
+        masked = mx.where(mx.arange(logits.shape[-1]) < SPEECH_VOCAB_SIZE, logits, -mx.inf)
+        return mx.random.categorical(masked, key=sub)
+
+    return sample
+
+
+def t3_tokens(t3, voice, tokens: int, cfg: float, seed: int, stamps: list) -> list:
+    rng = np.random.default_rng(seed)
+    text = mx.array(np.concatenate([[255], rng.integers(1, 700, TEXT_LEN), [0]]))
+    cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.5)
+    params = SamplingParams(max_new_tokens=tokens, cfg_weight=cfg)
+    out = []
+    for tok in t3.inference(cond, text, params, sampler=eos_masked_sampler(seed)):
+        stamps.append(time.perf_counter())
+        out.append(tok)
+    return out
+
+
+def run_once(workload: str, t3, s3gen, voice, tokens: int, cfg: float, seed: int) -> dict:
+    stamps = []
+    t0 = time.perf_counter()
+    if workload in ("t3", "e2e"):
+        speech = t3_tokens(t3, voice, tokens, cfg, seed, stamps)
+    else:
+        speech = np.random.default_rng(seed).integers(0, 6561, tokens).tolist()
+    t1 = time.perf_counter()
+    if workload in ("s3gen", "e2e"):
+        mx.eval(s3gen.inference(speech, voice, key=mx.random.key(seed)))
+    t2 = time.perf_counter()
+    result = {"total_s": t2 - t0, "audio_s": tokens * 0.04}
+    if stamps:
+        result.update(prefill_s=stamps[0] - t0, decode_tok_s=(len(stamps) - 1) / (stamps[-1] - stamps[0]))
+    if workload != "t3":
+        result["s3gen_s"] = t2 - t1
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--workload", choices=["t3", "s3gen", "e2e"], default="t3")
+    p.add_argument("--tokens", type=int, default=100)
+    p.add_argument("--cfg", type=float, default=0.5)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    config = load_config(args.model)
+    t3 = load_t3(args.model, config)[0] if args.workload != "s3gen" else None
+    s3gen = load_s3gen(args.model, config) if args.workload != "t3" else None
+    voice = Voice.load(f"{args.model}/voices/default.safetensors")
+    run_once(args.workload, t3, s3gen, voice, 8, args.cfg, seed=99)  # warm-up
+    runs = [run_once(args.workload, t3, s3gen, voice, args.tokens, args.cfg, seed=i) for i in range(args.repeats)]
+    summary = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    print(json.dumps({"impl": "nightingale_mlx", "workload": args.workload, "recipe": config.quantization["recipe"],
+                      "tokens": args.tokens, "cfg_weight": args.cfg, **summary, "runs": runs,
+                      "peak_rss_mb": peak_rss_mb(), "device": str(mx.default_device())}))
+
+
+if __name__ == "__main__":
+    main()
