@@ -87,6 +87,9 @@ def _rebuild_tensor_v2(storage, offset, size, stride, *_ignored):
         if last >= flat.size:
             raise CheckpointError(f"a tensor of size {size}, stride {stride}, offset {offset} reads past "
                                   f"the end of storage '{storage.key}' ({flat.size} elements)")
+        if math.prod(size) > flat.size:  # only overlapping (e.g. 0) strides could: copying them amplifies memory
+            raise CheckpointError(f"a tensor of size {size} has more elements than storage '{storage.key}' "
+                                  f"({flat.size}); the file is corrupt, {_REDOWNLOAD}")
         steps = [s * flat.itemsize for s in stride]
         view = np.lib.stride_tricks.as_strided(flat[offset:], size, steps, writeable=False)
     if storage.bf16:
@@ -180,6 +183,34 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise CheckpointError(f"{path.name} is truncated or corrupt ({e}); {_REDOWNLOAD}") from None
 
 
+# torch.save stores entries uncompressed; a re-zipped checkpoint compresses random floats ~1.1x.
+# Past these, an archive is a decompression bomb: refused from the declared sizes, before reading.
+MAX_COMPRESSION_RATIO = 100
+SMALL_ENTRY = 1 << 20  # entries this small may compress better (zeros, tiny pickles)
+
+
+def _check_sizes(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuses archives whose entries claim more bytes than the file can honestly hold.
+
+    zipfile stops each entry at its declared size (and checks the CRC), so bounding the declared
+    sizes bounds the memory any read can take: at most MAX_COMPRESSION_RATIO x the file size.
+    """
+    infos, size = zf.infolist(), path.stat().st_size
+    packed, total = sum(i.compress_size for i in infos), sum(i.file_size for i in infos)
+    if packed > size:  # entries overlapping each other's bytes (a "quine" bomb)
+        raise CheckpointError(f"zip entries claim {packed} compressed bytes in a {size}-byte file; "
+                              f"refused as a zip bomb")
+    if total > MAX_COMPRESSION_RATIO * size:
+        raise CheckpointError(f"zip entries claim {total} bytes from a {size}-byte file (ratio over "
+                              f"{MAX_COMPRESSION_RATIO}); refused as a zip bomb")
+    for i in infos:
+        ratio = i.file_size / max(i.compress_size, 1)
+        if (i.compress_type == zipfile.ZIP_STORED and i.file_size != i.compress_size) or (
+                i.file_size > SMALL_ENTRY and ratio > MAX_COMPRESSION_RATIO):
+            raise CheckpointError(f"entry '{i.filename:.80}' claims {i.file_size} bytes from "
+                                  f"{i.compress_size} (ratio over {MAX_COMPRESSION_RATIO}); refused as a zip bomb")
+
+
 def _archive_prefix(zf: zipfile.ZipFile) -> str:
     pickles = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
     if len(pickles) != 1:
@@ -226,6 +257,7 @@ def read_pt(path) -> dict:
     zf = _open_zip(path)
     try:
         with zf:
+            _check_sizes(zf, path)
             prefix = _archive_prefix(zf)
             reader = _storage_reader(zf, prefix, _is_big_endian(zf, prefix))
             obj = _Unpickler(zf.read(f"{prefix}/data.pkl"), reader).load()
@@ -269,7 +301,7 @@ def _safetensors_header(path: Path):
         raw = f.read(n)
     try:
         header = json.loads(raw)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8; RecursionError: deep nesting
         raise CheckpointError(f"{path.name}: header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: header is not a JSON object; {_REDOWNLOAD}")

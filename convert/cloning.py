@@ -36,5 +36,6 @@ def config_section(cfg: CloningConfig, recipe: quant.Recipe) -> dict:
 def cloning_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelConfig, out: Path, options: dict):
     """convert.STEPS entry: writes cloning.safetensors and fills config.cloning."""
     models, cfg = convert_cloning(checkpoint, variant, recipe)
+    quant.record_skipped(config.quantization, "cloning", models)
     model_io.save_weights(models, Path(out) / CLONING_FILE)
     config.cloning = config_section(cfg, recipe)

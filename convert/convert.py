@@ -1,5 +1,6 @@
 """Original Chatterbox checkpoint -> converted model dir (config.json + MLX safetensors)."""
 
+import glob
 import os
 import shutil
 import tempfile
@@ -62,6 +63,7 @@ def convert_t3(checkpoint: Path, variant: str, recipe: quant.Recipe, overrides: 
 
 def t3_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelConfig, out: Path, options: dict):
     model, config.t3 = convert_t3(checkpoint, variant, recipe, options.get("t3_overrides"))
+    quant.record_skipped(config.quantization, "t3", model)
     model_io.save_weights(model, out / model_io.T3_FILE)
 
 
@@ -69,18 +71,56 @@ def t3_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelC
 STEPS = {"t3": t3_step, "s3gen": s3gen_step, "cloning": cloning_step, "voices": voices_step, "text": text_step}
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _stamp(old: Path) -> int:
+    suffix = old.name.rsplit(".old-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def repair_output(out: Path) -> None:
+    """Finishes what a conversion killed mid-way left beside OUT (DESIGN §7).
+
+    Temp dirs `.OUT.tmp-<pid>-*` of dead processes are removed (a live conversion's are kept). If
+    OUT is missing but OUT.old-* exist, the newest is renamed back: an old dir only ever holds a
+    complete model. Any other OUT.old-* is stale and removed.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        pid = tmp.name[len(out.name) + 6:].split("-")[0]  # after ".OUT.tmp-"
+        if not (pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid))):
+            shutil.rmtree(tmp, ignore_errors=True)
+    olds = sorted(out.parent.glob(f"{glob.escape(out.name)}.old-*"), key=_stamp)
+    if olds and not out.exists():
+        os.replace(olds.pop(), out)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextmanager
 def staged_output(out: Path, force: bool):
     """Yields a temp dir beside OUT that replaces OUT only when the block succeeds (DESIGN §7).
 
     With force: OUT -> OUT.old-<time>, tmp -> OUT, then the old dir is removed, so a kill between
-    the renames leaves a complete dir under one of the two names.
+    the renames leaves a complete dir under one of the two names; `repair_output` runs first and
+    puts such leftovers right. One conversion per OUT at a time.
     """
     out = Path(out)
+    repair_output(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model dir should look like any other
@@ -91,7 +131,7 @@ def staged_output(out: Path, force: bool):
         raise
     old = None
     if out.exists():
-        old = out.with_name(f"{out.name}.old-{int(time.time() * 1000)}")
+        old = out.with_name(f"{out.name}.old-{time.time_ns()}")
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:

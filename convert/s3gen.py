@@ -30,4 +30,5 @@ def convert_s3gen(checkpoint: Path, variant: str, recipe: quant.Recipe):
 def s3gen_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelConfig, out: Path, options: dict):
     """convert.STEPS entry: writes s3gen.safetensors (flow + mel2wav) and fills config.s3gen."""
     model, config.s3gen = convert_s3gen(Path(checkpoint), variant, recipe)
+    quant.record_skipped(config.quantization, "flow", model.flow)
     model_io.save_weights(model, Path(out) / model_io.S3GEN_FILE)

@@ -74,6 +74,8 @@ def _speak(args) -> None:
             print(f"[{i + 1}/{n}] {sentence[:70]}", file=sys.stderr)
 
     sampling = {k: getattr(args, k) for k in ("temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p")}
+    if getattr(args, "stream", False):
+        return _speak_stream(args, text, out, tts, sampling)
     audio = tts.generate(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
                          seed=args.seed, max_new_tokens=args.max_new_tokens, progress=progress, **sampling)
     audio.save(out)
@@ -90,6 +92,41 @@ def _speak(args) -> None:
             print(f"nightingale: {e}; the audio is in {out}", file=sys.stderr)
 
 
+def _speak_stream(args, text, out, tts, sampling) -> None:
+    """speak --stream: chunks go to the speaker as they arrive (--play) and to OUT at the end."""
+    import contextlib
+
+    import numpy as np
+
+    from .audio.clip import Audio, PlaybackError
+
+    player = contextlib.nullcontext()
+    if args.play:
+        from .audio.stream_player import StreamPlayer
+
+        try:
+            player = StreamPlayer(tts.sample_rate)
+        except PlaybackError as e:
+            print(f"nightingale: {e}; writing {out} only", file=sys.stderr)
+    chunks, first = [], None
+    with player as p:
+        for chunk in tts.stream(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
+                                seed=args.seed, max_new_tokens=args.max_new_tokens, **sampling):
+            first = chunk.audio_ready_s if first is None else first
+            chunks.append(chunk.samples)
+            if p is not None:
+                p.write(chunk.samples)
+    audio = Audio(np.concatenate(chunks).astype(np.float32), tts.sample_rate)
+    audio.save(out)
+    info = {"output": str(out), "sample_rate": audio.sample_rate, "audio_s": audio.duration, "chunks": len(chunks),
+            "ttfa_s": first, "underruns": getattr(getattr(p, "buffer", None), "underruns", None)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"nightingale: wrote {out} ({audio.duration:.2f} s in {len(chunks)} chunks, first audio after "
+              f"{first:.2f} s)", file=sys.stderr)
+
+
 def _voice(args) -> None:
     tts = _load(args)
     voice = tts.prepare_voice(args.reference)
@@ -103,6 +140,23 @@ def _convert(args) -> None:
     out = convert(args.checkpoint, args.out, variant=args.variant, quantize=args.quantize,
                   profile=args.profile, force=args.force)
     print(f"nightingale: converted model written to {out}", file=sys.stderr)
+
+
+def _quality(args) -> None:
+    from . import quality
+
+    result = quality.compare(args.model, args.ref, steps=args.steps, text=args.text or quality.DEFAULT_TEXT,
+                             language=args.language, seed=args.seed, memory=not args.no_memory)
+    print(json.dumps(result, indent=2) if args.json else quality.report(result))
+
+
+def _export_ios(args) -> None:
+    from ios_export.export import export_ios
+
+    text_slots = [int(t) for t in args.text_slots.split(",") if t.strip()]
+    out = export_ios(args.model, args.out, target=args.target, context=args.context,
+                     text_slots=text_slots, force=args.force)
+    print(f"nightingale: iOS bundle written to {out}", file=sys.stderr)
 
 
 def _model_args(p, variant_default=None) -> None:
@@ -127,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--voice", help="reference wav to clone, a baked voice .safetensors, or a voice name")
     s.add_argument("-o", "--output", help="output .wav or .flac (default: from the text)")
     s.add_argument("--play", action="store_true", help="also play the audio (needs the [playback] extra)")
+    s.add_argument("--stream", action="store_true", help="synthesize in chunks; with --play, hear it as it comes")
     s.add_argument("--seed", type=int, help="make the output reproducible")
     s.add_argument("--profile", choices=["upstream", "compat-0.1.7"], help="behaviour profile")
     s.add_argument("--exaggeration", type=float, default=0.5)
@@ -154,6 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--profile", default="upstream", choices=["upstream", "compat-0.1.7"])
     c.add_argument("--force", action="store_true", help="replace OUT if it exists")
     c.set_defaults(func=_convert)
+
+    x = sub.add_parser("export-ios", help="export a converted model as a Core ML bundle for iOS (needs [coreml])")
+    x.add_argument("-m", "--model", required=True, help="converted model dir (nightingale convert)")
+    x.add_argument("--out", required=True, help="output bundle, NAME.nightingale")
+    x.add_argument("--target", default="gpu", choices=["gpu", "ane"], help="compute target advice for the packages")
+    x.add_argument("--context", type=int, default=1024, help="T3 KV-cache length (multiple of 32)")
+    x.add_argument("--text-slots", default="64,256", help="T3 prefill text lengths, comma-separated")
+    x.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    x.set_defaults(func=_export_ios)
+
+    q = sub.add_parser("quality", help="measure a quantized model against its fp32 conversion")
+    q.add_argument("-m", "--model", required=True, help="converted dir to measure (e.g. a q4 conversion)")
+    q.add_argument("--ref", required=True, help="fp32 conversion of the same checkpoint")
+    q.add_argument("--steps", type=int, default=50, help="T3 teacher-forced steps (speech tokens)")
+    q.add_argument("--text", help="text whose speech tokens are compared (default: a fixed sentence)")
+    q.add_argument("-l", "--language", default="en")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    q.add_argument("--json", action="store_true", help="print the full result as JSON")
+    q.set_defaults(func=_quality)
     return p
 
 

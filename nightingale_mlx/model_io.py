@@ -51,6 +51,7 @@ def load_weights(module: nn.Module, path: Path) -> None:
     if metadata.get("format") != FORMAT_METADATA["format"]:
         raise ModelDirError(f"{path}: not a nightingale-mlx weights file; convert the original checkpoint")
     _load_strict(module, weights, path)
+    quant.check_scales(weights, path)
 
 
 def _load_strict(module: nn.Module, weights: Dict[str, mx.array], source) -> None:
@@ -82,11 +83,17 @@ def recipe_of(config: ModelConfig) -> quant.Recipe:
         raise ModelDirError(f"config.json: bad quantization entry ({e}); convert the model again") from e
 
 
+def _apply_recipe(module: nn.Module, component: str, config: ModelConfig, recipe: quant.Recipe, model_dir) -> None:
+    """Builds the quantized skeleton and checks its fp16 leftovers against the converter's list."""
+    skipped = quant.apply(module, recipe.bits[component], recipe.group_size)
+    quant.check_skipped(config.quantization, component, skipped, Path(model_dir) / CONFIG_FILE)
+
+
 def load_t3(model_dir: Path, config: ModelConfig = None) -> Tuple[T3, ModelConfig]:
     config = config or load_config(model_dir)
     recipe = recipe_of(config)
     model = T3(config.t3)
-    quant.apply(model, recipe.bits["t3"], recipe.group_size)
+    _apply_recipe(model, "t3", config, recipe, model_dir)
     load_weights(model, Path(model_dir) / T3_FILE)
     model.eval()
     mx.eval(model.parameters())
@@ -102,8 +109,8 @@ def load_s3gen(model_dir: Path, config: ModelConfig = None):
         raise ModelDirError(f"{model_dir}: no S3Gen in config.json; convert the model again")
     recipe = recipe_of(config)
     model = S3Gen(FlowConfig.from_dict(config.s3gen["flow"]), HiFTConfig.from_dict(config.s3gen["hift"]))
-    quant.apply(model.flow, recipe.bits["flow"], recipe.group_size)
-    quant.apply(model.mel2wav, recipe.bits["hift"], recipe.group_size)
+    _apply_recipe(model.flow, "flow", config, recipe, model_dir)
+    _apply_recipe(model.mel2wav, "hift", config, recipe, model_dir)
     load_weights(model, Path(model_dir) / S3GEN_FILE)
     model.eval()
     mx.eval(model.parameters())

@@ -1,5 +1,8 @@
 """TTS: the components of a converted model, and text -> speech."""
 
+import functools
+import math
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -12,7 +15,7 @@ from .audio.clip import Audio
 from .config import PROFILES, SPEECH_VOCAB_SIZE
 from .models.s3gen import S3GEN_SR
 from .sampling import SamplingParams
-from .text import Tokenizer, estimate_seconds, split_text, validate_language
+from .text import TextError, Tokenizer, estimate_seconds, split_text, validate_language
 from .voice import Voice, VoiceError, load_cloning, prepare_voice
 
 DEFAULT_VOICE = Path("voices") / "default.safetensors"
@@ -20,12 +23,40 @@ SPEECH_TOKENS_PER_SECOND = 25
 # End-of-speech guard: tokens capped at this many seconds per estimated second of text, plus slack.
 TOKEN_CAP_RATIO, TOKEN_CAP_SLACK_S = 2.5, 3.0
 SENTENCE_PAUSE_S = 0.15
+ENGLISH_REPETITION_PENALTY = 1.2  # ChatterboxTTS.generate's default, 0.1.7 and HEAD alike
 # Trailing silence below this level (relative to the peak) is trimmed, keeping a short tail.
 SILENCE_TOP_DB, SILENCE_TAIL_S = 40.0, 0.1
 
 
+def _serialized(method):
+    """Runs `method` under the model's lock: MLX evaluation from several threads at once is not
+    safe on every backend, and the lazy loads and caches below are shared (docs/reliability.md)."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
+def check_generate_args(text, exaggeration, seed, max_new_tokens) -> None:
+    """One-line ValueErrors for arguments SamplingParams does not cover."""
+    if not isinstance(text, str):
+        raise TextError(f"text must be a str, got {type(text).__name__}")
+    if not (isinstance(exaggeration, (int, float)) and math.isfinite(exaggeration) and exaggeration >= 0):
+        raise ValueError(f"exaggeration must be a finite number >= 0 (0.5 is neutral), got {exaggeration!r}")
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    if max_new_tokens is not None and not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+
+
 class TTS:
-    """A loaded model. Build it with `nightingale_mlx.load()`."""
+    """A loaded model. Build it with `nightingale_mlx.load()`.
+
+    One TTS may be shared by threads: generate() and prepare_voice() take turns under a lock.
+    """
 
     sample_rate = S3GEN_SR
 
@@ -41,6 +72,7 @@ class TTS:
         self._cloning = None
         self._default_voice = None
         self._cond_cache = None  # (voice, exaggeration, conditioning tokens)
+        self._lock = threading.RLock()  # see _serialized
 
     @property
     def variant(self) -> str:
@@ -48,6 +80,7 @@ class TTS:
 
     # --- voices -----------------------------------------------------------------------------
 
+    @_serialized
     def prepare_voice(self, wav: Union[str, Path, np.ndarray], sample_rate: Optional[int] = None) -> Voice:
         """Clones a voice from reference audio (a path, or samples with their sample_rate)."""
         if self._cloning is None:
@@ -82,13 +115,19 @@ class TTS:
 
     def sampling_params(self, **overrides) -> SamplingParams:
         """The reference's generate() defaults; the repetition penalty follows the profile."""
-        params = dict(repetition_penalty=self.profile.repetition_penalty, top_p=1.0)
+        # The profile's penalty is the multilingual generate()'s; English uses 1.2 in every release.
+        penalty = self.profile.repetition_penalty if self.t3.cfg.is_multilingual else ENGLISH_REPETITION_PENALTY
+        params = dict(repetition_penalty=penalty, top_p=1.0)
         params.update({k: v for k, v in overrides.items() if v is not None})
         return SamplingParams(**params)
 
     def speech_tokens(self, text: str, language: Optional[str], voice: Voice, exaggeration: float,
-                      params: SamplingParams, key: Optional[mx.array] = None, max_new_tokens: Optional[int] = None):
-        """Yields T3's speech tokens for one sentence (the end-of-speech guard caps their count)."""
+                      params: SamplingParams, key: Optional[mx.array] = None, max_new_tokens: Optional[int] = None,
+                      sampler=None):
+        """Yields T3's speech tokens for one sentence (the end-of-speech guard caps their count).
+
+        `sampler(logits) -> (1,) token` replaces the seeded sampler (see T3.inference).
+        """
         ids = self.tokenizer.text_tokens(text, language)
         cap = int(SPEECH_TOKENS_PER_SECOND * (TOKEN_CAP_RATIO * estimate_seconds(text, language or "en")
                                               + TOKEN_CAP_SLACK_S))
@@ -96,13 +135,14 @@ class TTS:
         step_params = SamplingParams(**{**params.__dict__, "max_new_tokens": limit})
         analyzer = self.profile.alignment_analyzer and self.t3.cfg.is_multilingual
         yield from self.t3.inference(self._condition(voice, exaggeration), mx.array(ids), step_params,
-                                     key=key, alignment_analyzer=analyzer)
+                                     key=key, sampler=sampler, alignment_analyzer=analyzer)
 
     def _check_language(self, language: Optional[str]) -> Optional[str]:
         if language is None:
             return "en"
         return validate_language(language)
 
+    @_serialized
     def generate(
         self,
         text: str,
@@ -112,15 +152,18 @@ class TTS:
         seed: Optional[int] = None,
         max_new_tokens: Optional[int] = None,
         progress=None,
+        sampler=None,
         **sampling,
     ) -> Audio:
         """Text -> Audio at 24 kHz. Long text is spoken sentence by sentence with short pauses.
 
         `sampling`: temperature, cfg_weight, repetition_penalty, min_p, top_p (reference defaults;
         the penalty follows the profile). `seed` makes the whole pipeline deterministic.
-        `progress(i, n, sentence)` is called before each sentence.
+        `progress(i, n, sentence)` is called before each sentence. `sampler(logits) -> (1,) token`
+        injects T3's token choice (DESIGN §4: every source of randomness is injectable).
         """
         language = self._check_language(language)
+        check_generate_args(text, exaggeration, seed, max_new_tokens)
         params = self.sampling_params(**sampling)
         voice = self.resolve_voice(voice)
         chunks = split_text(text, language)
@@ -136,7 +179,8 @@ class TTS:
             if key is not None:
                 key, t3_key, s3_key = mx.random.split(key, 3)
             t0 = time.perf_counter()
-            tokens = list(self.speech_tokens(chunk, language, voice, exaggeration, params, t3_key, max_new_tokens))
+            tokens = list(self.speech_tokens(chunk, language, voice, exaggeration, params, t3_key, max_new_tokens,
+                                              sampler))
             t1 = time.perf_counter()
             wav = self.s3gen.inference(tokens, voice, key=s3_key, drop_last_token=self.profile.drop_last_token)
             wav = trim_trailing_silence(np.array(wav), self.sample_rate)
@@ -148,6 +192,38 @@ class TTS:
         info["audio_s"] = len(samples) / self.sample_rate
         info["rtf"] = (info["t3_s"] + info["s3gen_s"]) / max(info["audio_s"], 1e-9)
         return Audio(samples.astype(np.float32), self.sample_rate, info)
+
+    def stream(
+        self,
+        text: str,
+        language: Optional[str] = None,
+        voice: Union[None, str, Path, Voice] = None,
+        exaggeration: float = 0.5,
+        seed: Optional[int] = None,
+        first_chunk_tokens: int = 12,
+        chunk_tokens: int = 25,
+        max_new_tokens: Optional[int] = None,
+        stream_config=None,
+        **sampling,
+    ):
+        """Text -> an iterator of `AudioChunk`s (24 kHz), each as soon as its tokens are rendered.
+
+        T3 and the S3Gen streamer are interleaved: the first chunk after `first_chunk_tokens`
+        speech tokens, then every `chunk_tokens` (25 tokens = 1 s). Arguments as generate();
+        `stream_config` is a `streaming.StreamConfig`. Closing the iterator early frees everything.
+        """
+        from .streaming import check_chunk_sizes, stream_speech
+
+        language = self._check_language(language)
+        check_generate_args(text, exaggeration, seed, max_new_tokens)
+        check_chunk_sizes(first_chunk_tokens, chunk_tokens)
+        params = self.sampling_params(**sampling)
+        voice = self.resolve_voice(voice)
+        sentences = split_text(text, language)
+        if not sentences:
+            raise ValueError("text is empty; give some words to speak")
+        return stream_speech(self, sentences, language, voice, exaggeration, params, seed, first_chunk_tokens,
+                             chunk_tokens, max_new_tokens, stream_config)
 
 
 def trim_trailing_silence(wav: np.ndarray, sample_rate: int) -> np.ndarray:

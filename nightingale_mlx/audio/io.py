@@ -91,5 +91,8 @@ def save_audio(path, samples: np.ndarray, sample_rate: int) -> Path:
     samples = np.asarray(samples, dtype=np.float32)
     if not np.isfinite(samples).all():
         raise AudioError(f"{path}: refusing to write NaN or infinite samples")
-    soundfile.write(str(path), samples, int(sample_rate), format=fmt[0], subtype=fmt[1])
+    try:
+        soundfile.write(str(path), samples, int(sample_rate), format=fmt[0], subtype=fmt[1])
+    except (OSError, RuntimeError) as e:  # LibsndfileError (a RuntimeError) says only "System error"
+        raise AudioError(f"{path}: cannot write there ({e}); check the directory exists and is writable") from None
     return path

@@ -87,7 +87,8 @@ class RelPositionMultiHeadedAttention(nn.Module):
         scale = 1.0 / math.sqrt(self.d_k)
         # The position term (matrix bd) enters the fused kernel as an additive score bias.
         bd = rel_shift(q_v @ p) * scale  # (B, H, T, T)
-        out = mx.fast.scaled_dot_product_attention(q_u, k, v, scale=scale, mask=bd)
+        # The fp32 position table makes bd fp32; an fp16/quantized flow needs the mask in its dtype.
+        out = mx.fast.scaled_dot_product_attention(q_u, k, v, scale=scale, mask=bd.astype(q_u.dtype))
         return self.linear_out(out.transpose(0, 2, 1, 3).reshape(B, T, self.h * self.d_k))
 
 

@@ -42,19 +42,23 @@ def upsample_nearest(f0: mx.array, factor: int) -> mx.array:
     return mx.repeat(f0, factor, axis=1)
 
 
-def harmonic_phases(f0: mx.array, n_harmonics: int, sampling_rate: int, factor: int) -> mx.array:
+def harmonic_phases(f0: mx.array, n_harmonics: int, sampling_rate: int, factor: int,
+                    start_cycles: Optional[mx.array] = None) -> mx.array:
     """Phase in cycles, in [0, 1), of `cumsum(f0_up * k / sr)` for k = 1..n_harmonics: (B, T*factor, H).
 
     f0 is per frame and upsampled by repetition, so the increment is constant within a frame: the
     phase there is start[t] + (j + 1) * inc[t]. The frame starts sum up to a minute of cycles, where
     an fp32 sum drifts by whole percent of a cycle, so they are summed in float64 on the CPU
     stream (only T * H values; no float64 on Metal) and wrapped before coming back to fp32.
+    `start_cycles` (B, H) is the phase already accumulated before the first frame (streaming).
     """
     B, T = f0.shape
     k = mx.arange(1, n_harmonics + 1, dtype=mx.float32)
     with mx.stream(mx.cpu):
         per_frame = f0.astype(mx.float64)[..., None] * k.astype(mx.float64) * (factor / sampling_rate)
         start = mx.cumsum(per_frame, axis=1) - per_frame  # cycles before each frame, (B, T, H)
+        if start_cycles is not None:
+            start = start + start_cycles.astype(mx.float64)[:, None, :]
         start = (start - mx.floor(start)).astype(mx.float32)
     inc = f0[..., None] * k / sampling_rate  # cycles per sample, (B, T, H)
     j = mx.arange(1, factor + 1, dtype=mx.float32)[:, None]  # (factor, 1): inclusive cumsum
@@ -68,7 +72,8 @@ class SourceModuleHnNSF(nn.Module):
 
     Randomness is injectable: `phases` (B, H) start phases in radians (the fundamental's is forced
     to 0, as the reference does after drawing), `noise` (B, N, H) standard normal. What is not
-    given is drawn from `key` (or MLX's global generator).
+    given is drawn from `key` (or MLX's global generator). `start_cycles` (B, H) continues the
+    harmonics' phase from an earlier block (streaming); `noise` then holds this block's samples.
     """
 
     def __init__(self, cfg: HiFTConfig):
@@ -87,6 +92,7 @@ class SourceModuleHnNSF(nn.Module):
         phases: Optional[mx.array] = None,
         noise: Optional[mx.array] = None,
         key: Optional[mx.array] = None,
+        start_cycles: Optional[mx.array] = None,
     ) -> mx.array:
         B, T = f0.shape
         H, N = self.n_harmonics, T * self.factor
@@ -99,7 +105,9 @@ class SourceModuleHnNSF(nn.Module):
         _check_shape("noise", noise, (B, N, H))
         phases = mx.concatenate([mx.zeros((B, 1)), phases[:, 1:]], axis=1)  # fundamental at phase 0
 
-        theta = 2 * math.pi * harmonic_phases(f0, H, self.sampling_rate, self.factor)
+        if start_cycles is not None:
+            _check_shape("start_cycles", start_cycles, (B, H))
+        theta = 2 * math.pi * harmonic_phases(f0, H, self.sampling_rate, self.factor, start_cycles)
         sine = self.sine_amp * mx.sin(theta + phases[:, None, :])  # (B, N, H)
         uv = (upsample_nearest(f0, self.factor) > self.voiced_threshold).astype(mx.float32)[..., None]
         # Unvoiced samples get noise only, about as loud as the sine would be (std sine_amp / 3).

@@ -13,6 +13,7 @@ Each patch changes sizes, file lookup or offline behaviour, never arithmetic:
 - randomness capture: `torch.multinomial` is wrapped so the harness can record the processed
   distribution the reference samples from and choose the token (teacher forcing, greedy, or
   inverse-CDF sampling from shared uniforms). The distribution itself is untouched.
+- output: `disable_watermark` makes Perth's watermark an identity (our port does not watermark).
 """
 
 import sys
@@ -265,3 +266,14 @@ def install_hift_f0(hift, f0):
             return f0.clone()
 
     hift.f0_predictor = _FixedF0()
+
+
+class _NoWatermark:
+    def apply_watermark(self, wav, sample_rate):
+        return wav
+
+
+def disable_watermark(tts) -> None:
+    """Output patch: `generate()` ends with Perth's `apply_watermark` (a neural watermark our port
+    does not apply, README); an identity watermarker leaves the waveform the models computed."""
+    tts.watermarker = _NoWatermark()
