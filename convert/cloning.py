@@ -12,7 +12,6 @@ from nightingale_mlx.voice import CLONING_FILE, CloningModels
 from .checkpoint import find_checkpoint_file as find_file
 from .checkpoint import read_checkpoint
 from .sanitize.cloning import cloning_dims, sanitize_cloning
-from .sanitize.common import ConversionError
 
 def convert_cloning(checkpoint, variant: str, recipe: quant.Recipe) -> Tuple[CloningModels, CloningConfig]:
     """Original `ve.*` + `s3gen.*` -> CloningModels (strictly loaded, in the recipe's precision)."""

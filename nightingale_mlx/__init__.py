@@ -6,9 +6,16 @@
     audio.save("hello.wav")
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .audio.clip import Audio  # noqa: E402,F401
-from .loader import load  # noqa: E402,F401
-from .tts import TTS  # noqa: E402,F401
-from .voice import Voice  # noqa: E402,F401
+# Imported on first use, so `nightingale --help` (and Ctrl-C during start-up) stay light.
+_EXPORTS = {"Audio": ".audio.clip", "load": ".loader", "TTS": ".tts", "Voice": ".voice"}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

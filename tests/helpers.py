@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import numpy as np
 from mlx.utils import tree_flatten
 from safetensors.numpy import save_file
 

@@ -3,10 +3,7 @@
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-
-from tests.reference.parity import DEFAULT_REF_PYTHON
 
 
 @pytest.mark.reference

@@ -18,29 +18,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import nightingale_mlx as ng
 from convert.checkpoint import CheckpointError
 from convert.convert import convert, repair_output
 from convert.sanitize import ConversionError
 from nightingale_mlx.audio.clip import Audio
 from nightingale_mlx.audio.io import AudioError
-from nightingale_mlx.synthetic import T3_OVERRIDES, synthetic_model, synthetic_voice_wav, write_checkpoint
+from nightingale_mlx.synthetic import synthetic_voice_wav, write_checkpoint
 from nightingale_mlx.text import TextError, UnsupportedLanguageError, split_text
 from nightingale_mlx.voice import VoiceError
 from tests.helpers import write_original_t3
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ["t3", "s3gen", "cloning", "text"]  # the synthetic checkpoint has no conds.pt
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def tts(cache):
-    return ng.TTS(synthetic_model(cache / "synthetic"))
 
 
 def one_line(e) -> str:

@@ -9,27 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import nightingale_mlx as ng
 from nightingale_mlx import streaming
 from nightingale_mlx.audio.fade import trim_fade
 from nightingale_mlx.audio.stream_player import JitterBuffer
 from nightingale_mlx.streaming import (NoiseBuffer, S3GenStreamer, StreamConfig, StreamError, boundary_hf_ratio,
                                        stream_tokens)
-from nightingale_mlx.synthetic import synthetic_model
 from tests.test_tts import run_cli
 
 TEXT = "Hello world, this is a streaming test."
 SR = 24000
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def tts(cache):
-    return ng.TTS(synthetic_model(cache / "synthetic"))
 
 
 def test_stream_matches_generate_length_and_is_deterministic(tts):

@@ -10,20 +10,9 @@ import pytest
 import soundfile as sf
 
 import nightingale_mlx as ng
-from nightingale_mlx.synthetic import synthetic_model
 from nightingale_mlx.tts import trim_trailing_silence
 
 TEXT = "Hello world. This is a test of the synthetic model."
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def tts(cache):
-    return ng.TTS(synthetic_model(cache / "synthetic"))
 
 
 def test_generate_is_deterministic_24k_audio(tts):

@@ -17,6 +17,7 @@ from nightingale_mlx.config import FlowConfig
 from nightingale_mlx.model_io import _load_strict
 from nightingale_mlx.models.cfm import cosine_t_span
 from nightingale_mlx.models.flow import CausalMaskedDiffWithXvec
+from .checks import error_check as _err
 
 # fp32 max-abs tolerances; mu, x and the mel are O(1-10). Measured at seed 0 with OpenBLAS: tiny
 # <= 7.2e-6, full <= 6.1e-6 (errors grow ~linearly over the 10 CFG Euler steps). The margin
@@ -84,16 +85,6 @@ def run_ours(model: CausalMaskedDiffWithXvec, inputs: dict) -> dict:
         "t": np.array(cosine_t_span(N_TIMESTEPS)[:-1]),
         "seconds": seconds,
     }
-
-
-def _err(name, ref, ours, tol, **extra) -> dict:
-    ref, ours = np.asarray(ref, np.float64), np.asarray(ours, np.float64)
-    if ref.shape != ours.shape:
-        return {"name": name, "max_abs_err": None, "max_rel_err": None, "tolerance": tol, "ok": False,
-                "shapes": [list(ref.shape), list(ours.shape)], **extra}
-    err = float(np.abs(ref - ours).max())
-    rel = err / max(float(np.abs(ref).max()), 1e-30)
-    return {"name": name, "max_abs_err": err, "max_rel_err": rel, "tolerance": tol, "ok": err <= tol, **extra}
 
 
 def compare(ref: dict, ours: dict, size: str, prefix: str) -> list:

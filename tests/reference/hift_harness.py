@@ -26,6 +26,8 @@ from nightingale_mlx.model_io import _load_strict
 from nightingale_mlx.models.hift import HiFTGenerator
 
 from .weights import digest, random_state_dict
+from .checks import error_check as _err
+from .checks import snr_db
 
 SCENARIOS = {"predicted": dict(frames=20, f0=False), "voiced": dict(frames=200, f0=True)}
 SAMPLES_PER_FRAME = 480
@@ -104,25 +106,6 @@ def run_ours(hift: HiFTGenerator, inputs: dict, ref: dict = None) -> dict:
             out[f"{name}/conv_post"] = np.array(post)
             out[f"{name}/decode"] = np.array(hift.spectrum_to_wav(post))
     return out
-
-
-def snr_db(ref: np.ndarray, ours: np.ndarray) -> float:
-    ref, ours = np.asarray(ref, np.float64), np.asarray(ours, np.float64)
-    noise = np.sum((ours - ref) ** 2)
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref**2) / noise))
-
-
-def _err(name, ref, ours, tol, **extra):
-    ref = np.asarray(ref, dtype=np.float64)
-    ours = np.asarray(ours, dtype=np.float64)
-    if ref.shape != ours.shape:
-        return {"name": name, "max_abs_err": None, "max_rel_err": None, "tolerance": tol, "ok": False,
-                "detail": f"shape {ours.shape} vs reference {ref.shape}"}
-    diff = np.abs(ref - ours)
-    abs_err = float(diff.max()) if diff.size else 0.0
-    rel_err = float((diff / (np.abs(ref) + 1e-6)).max()) if diff.size else 0.0
-    return {"name": name, "max_abs_err": abs_err, "max_rel_err": rel_err, "tolerance": tol,
-            "ok": abs_err <= tol, **extra}
 
 
 def compare(ref: dict, ours: dict, size: str, prefix: str) -> list:

@@ -84,6 +84,8 @@ COMPONENTS["text"] = text_harness.text_checks
 from . import hift_harness  # noqa: E402
 COMPONENTS["hift"] = hift_harness.hift_checks
 ALIASES.setdefault("s3gen", []).append("hift")
+from . import e2e_harness  # noqa: E402
+COMPONENTS["e2e"] = e2e_harness.e2e_checks
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ import numpy as np
 from nightingale_mlx.config import START_TEXT_TOKEN, STOP_TEXT_TOKEN
 from nightingale_mlx.model_io import load_t3
 from nightingale_mlx.sampling import SamplingParams
+from .checks import error_check as _err
 
 # fp32 tolerances. Logits are O(1) at tiny size and O(10) at full size; errors grow with depth.
 TOLERANCES = {
@@ -107,19 +108,6 @@ def teacher_forced_logits(model, cond, text, tokens, cfg: bool) -> np.ndarray:
         hidden, _ = model(model.speech_embedding(mx.array([tok]), step, batch), cache)
         out.append(np.array(model.logits(hidden)))
     return np.stack(out)
-
-
-def _err(name, ref, ours, tol, **extra):
-    ref = np.asarray(ref, dtype=np.float64)
-    ours = np.asarray(ours, dtype=np.float64)
-    if ref.shape != ours.shape:
-        return {"name": name, "max_abs_err": None, "max_rel_err": None, "tolerance": tol, "ok": False,
-                "detail": f"shape {ours.shape} vs reference {ref.shape}"}
-    diff = np.abs(ref - ours)
-    abs_err = float(diff.max()) if diff.size else 0.0
-    rel_err = float((diff / (np.abs(ref) + 1e-6)).max()) if diff.size else 0.0
-    return {"name": name, "max_abs_err": abs_err, "max_rel_err": rel_err, "tolerance": tol,
-            "ok": abs_err <= tol, **extra}
 
 
 def min_p_boundary_flips(ref: np.ndarray, ours: np.ndarray, min_p: float, rel: float = 1e-3):
