@@ -140,6 +140,11 @@ def _convert(args) -> None:
     out = convert(args.checkpoint, args.out, variant=args.variant, quantize=args.quantize,
                   profile=args.profile, force=args.force)
     print(f"nightingale: converted model written to {out}", file=sys.stderr)
+    if args.upload_repo:
+        from convert.upload import upload
+
+        url = upload(out, args.upload_repo, source=str(args.checkpoint))
+        print(f"nightingale: uploaded to {url}", file=sys.stderr)
 
 
 def _quality(args) -> None:
@@ -208,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32|fp16|q8|q4, or per component: t3=4,flow=8,hift=16,cloning=16,group=64")
     c.add_argument("--profile", default="upstream", choices=["upstream", "compat-0.1.7"])
     c.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--upload-repo", metavar="ORG/NAME", help="also publish the converted model to the hub")
     c.set_defaults(func=_convert)
 
     x = sub.add_parser("export-ios", help="export a converted model as a Core ML bundle for iOS (needs [coreml])")
