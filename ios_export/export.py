@@ -1,0 +1,185 @@
+"""`nightingale export-ios`: a converted model dir -> NAME.nightingale bundle for an iOS app.
+
+Bundle layout:
+    manifest.json             shapes, token ids, sampling, quantization, compute units, file hashes
+    t3.mlpackage              stateful multifunction T3 (prefill_<T> + decode), blockwise int4/int8
+    t3_conditioning.safetensors   emotion_weight (D,): cond token 34 = exaggeration * emotion_weight
+    voices/NAME.safetensors   t3_cond (1, 33, D) fp16 (speaker + perceiver tokens) + S3Gen prompts
+    tokenizer files           copied from the model dir, with the text section of config.json
+"""
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import mlx.core as mx
+
+from nightingale_mlx import model_io
+from nightingale_mlx.config import PROFILES
+from nightingale_mlx.sampling import SamplingParams
+
+from .t3_package import FUNCTION_DECODE, build_t3_package, prefill_name
+
+FORMAT = {"format": "nightingale-ios", "format_version": 1}
+MANIFEST = "manifest.json"
+T3_PACKAGE = "t3.mlpackage"
+T3_CONDITIONING = "t3_conditioning.safetensors"
+DEFAULT_CONTEXT = 1024
+DEFAULT_TEXT_SLOTS = (64, 256)
+TARGETS = ("gpu", "ane")
+VOICE_S3GEN_FIELDS = ("gen_prompt_token", "gen_prompt_feat", "gen_embedding")
+# The order and formulas the app must follow; the MLX runtime's sampling.py is the reference.
+SAMPLING_STEPS = [
+    "cfg: logits = cond + cfg_weight * (cond - uncond), rows 0 and 1 of the (2, V) fp32 logits",
+    "repetition_penalty: for every token id seen so far (BOS included, once each): "
+    "x < 0 ? x * penalty : x / penalty",
+    "temperature: logits / temperature (skip when temperature is 1; temperature 0 = argmax)",
+    "min_p: drop ids whose softmax probability < min_p * max probability",
+    "top_p: sort ascending, drop the prefix whose cumulative probability <= 1 - top_p, keep >= 1 id",
+    "sample: categorical over softmax(logits); stop at stop_speech_token (not emitted)",
+]
+
+
+class ExportError(ValueError):
+    """The bundle cannot be written as asked."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hashes(bundle: Path) -> dict:
+    """sha256 of every file in the bundle except the manifest, by relative path."""
+    return {str(p.relative_to(bundle)): _sha256(p) for p in sorted(bundle.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def export_voices(t3, model_dir: Path, out: Path) -> list:
+    """Bakes each voice's speaker + perceiver tokens (exaggeration-free) into the bundle."""
+    from nightingale_mlx.voice import Voice
+
+    names = []
+    for path in sorted((model_dir / "voices").glob("*.safetensors")):
+        voice = Voice.load(path)
+        cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.0)[:, : t3.cfg.cond_len - 1]
+        arrays = {"t3_cond": cond.astype(mx.float16)}
+        arrays.update({k: getattr(voice, k) for k in VOICE_S3GEN_FIELDS})
+        (out / "voices").mkdir(exist_ok=True)
+        mx.save_safetensors(str(out / "voices" / path.name), arrays, metadata={"kind": "ios-voice"})
+        names.append(path.stem)
+    return names
+
+
+def t3_manifest(t3, config, package_info: dict) -> dict:
+    cfg = t3.cfg
+    recipe = model_io.recipe_of(config)
+    bits = recipe.bits["t3"]
+    C, D = cfg.cond_len, cfg.hidden_size
+    functions = {FUNCTION_DECODE: {
+        "inputs": {"token": [1, "int32"], "position": [1, "int32"], "speech_position": [1, "int32"]},
+        "outputs": {"logits": [[2, cfg.speech_vocab_size], "fp32"]},
+        "notes": "position = index of this token in the sequence (the KV slot it writes); "
+                 "speech_position = step + 1 for the token sampled at step (0-based)",
+    }}
+    for T in package_info["text_slots"]:
+        functions[prefill_name(T)] = {
+            "inputs": {"cond": [[1, C, D], "fp16"], "text_ids": [[1, T], "int32"], "text_len": [1, "int32"]},
+            "outputs": {"logits": [[2, cfg.speech_vocab_size], "fp32"]},
+            "notes": f"text_ids = [SOT] + text + [EOT] padded to {T} with any id; text_len counts SOT/EOT; "
+                     f"first decode position = {C} + text_len + 2",
+        }
+    return {
+        "package": T3_PACKAGE,
+        "compute_units": "cpuAndGPU",  # blockwise int4/int8 is GPU-only (COREML_NOTES §0)
+        "functions": functions,
+        "default_function": FUNCTION_DECODE,
+        "states": {"names": package_info["states"],
+                   "shape": [2, cfg.num_attention_heads, package_info["context"], cfg.head_dim], "dtype": "fp16",
+                   "rows": "0 = conditioned, 1 = unconditioned (CFG)"},
+        "context": package_info["context"],
+        "text_slots": package_info["text_slots"],
+        "cond": {"length": C, "hidden_size": D,
+                 "layout": "voice t3_cond (33 rows: speaker, 32 perceiver) + emotion row",
+                 "emotion_row": "fp16(fp16(exaggeration) * emotion_weight) from t3_conditioning.safetensors"},
+        "tokens": {"start_text": cfg.start_text_token, "stop_text": cfg.stop_text_token,
+                   "start_speech": cfg.start_speech_token, "stop_speech": cfg.stop_speech_token,
+                   "speech_vocab_size": cfg.speech_vocab_size, "max_speech_tokens": cfg.max_speech_tokens},
+        "quantization": {"bits": bits, "group_size": recipe.group_size,
+                         "scheme": "constexpr_blockwise_shift_scale: uint codes and fp16 scales from MLX, "
+                                   "fp32 offset = -bias/scale" if bits in (4, 8) else "fp16 weights"},
+    }
+
+
+def sampling_manifest(config) -> dict:
+    profile = PROFILES[config.profile]
+    defaults = SamplingParams(repetition_penalty=profile.repetition_penalty)
+    return {"defaults": {**{k: getattr(defaults, k) for k in
+                            ("temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p", "max_new_tokens")},
+                         "exaggeration": 0.5},
+            "steps": SAMPLING_STEPS,
+            "drop_last_token": profile.drop_last_token}
+
+
+def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTEXT,
+               text_slots: Sequence[int] = DEFAULT_TEXT_SLOTS, force: bool = False) -> Path:
+    """Writes the bundle at `out` (staged in a temp dir, then moved into place). Returns its path."""
+    model_dir, out = Path(model_dir), Path(out)
+    if target not in TARGETS:
+        raise ExportError(f"target {target!r}: expected one of {', '.join(TARGETS)}")
+    if out.suffix != ".nightingale":
+        raise ExportError(f"{out}: the bundle name must end in .nightingale")
+    if out.exists() and not force:
+        raise ExportError(f"{out} exists; pass --force to replace it")
+    try:
+        import coremltools  # noqa: F401
+    except ImportError:
+        raise ExportError("coremltools is not installed: pip install 'nightingale-mlx[coreml]'") from None
+    config = model_io.load_config(model_dir)
+    t3, _ = model_io.load_t3(model_dir, config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        stage = Path(tmp) / "bundle"
+        stage.mkdir()
+        info = build_t3_package(t3, stage / T3_PACKAGE, context, text_slots, tmp)
+        emotion = t3.cond_enc.emotion_adv_fc.weight.reshape(-1).astype(mx.float16)
+        mx.save_safetensors(str(stage / T3_CONDITIONING), {"emotion_weight": emotion})
+        voices = export_voices(t3, model_dir, stage)
+        tokenizer = _copy_tokenizer(model_dir, config, stage)
+        manifest = {
+            **FORMAT,
+            "variant": config.variant,
+            "profile": config.profile,
+            "target": target,
+            "minimum_deployment": "iOS18 / macOS15",
+            "sample_rate": 24000,
+            "speech_tokens_per_second": 25,
+            "t3": t3_manifest(t3, config, info),
+            "sampling": sampling_manifest(config),
+            "voices": voices,
+            "tokenizer": tokenizer,
+            "s3gen": None,  # flow + HiFT packages are not exported yet (README: iOS)
+            "source_quantization": config.quantization,
+        }
+        manifest["files"] = file_hashes(stage)
+        (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        stage.replace(out)
+    return out
+
+
+def _copy_tokenizer(model_dir: Path, config, stage: Path) -> Optional[dict]:
+    if not config.text:
+        return None
+    name = config.text.get("tokenizer")
+    if not name or not (model_dir / name).is_file():
+        raise ExportError(f"{model_dir}: tokenizer file {name!r} missing; convert the model again")
+    shutil.copy(model_dir / name, stage / name)
+    return {"file": name, "config": config.text}
