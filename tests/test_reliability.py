@@ -397,7 +397,8 @@ def test_killed_conversion_leaves_a_complete_dir_and_is_repaired(tmp_path):
     rng = random.Random(11)
     # A first conversion killed at a random point: its OUT never appears half-written.
     fresh = tmp_path / "fresh"
-    assert _convert_proc(ckpt, fresh, kill_after_s=rng.uniform(0.0, 0.8)).returncode == -signal.SIGKILL
+    # (a fast machine may finish before the kill: the invariant must hold either way)
+    assert _convert_proc(ckpt, fresh, kill_after_s=rng.uniform(0.0, 0.8)).returncode in (0, -signal.SIGKILL)
     assert not fresh.exists() or _digest(fresh) == ref
     repair_output(fresh)
     # Replacing with --force, killed at random points and right after each of the two renames.
