@@ -214,37 +214,36 @@ def _optional_model(key: str, build: Callable, package: str):
     return _optional[key]
 
 
+def _optional_step(text: str, key: str, package: str, build, apply) -> str:
+    """Runs an optional package's text step; without the package (or on its failure) text is unchanged,
+    as in the reference, which logs and falls back to the plain text."""
+    model = _optional_model(key, build, package)
+    if model is None:
+        return text
+    try:
+        return apply(model, text)
+    except Exception as e:
+        logger.warning(f"{key} failed: {e}")
+        return text
+
+
 def hebrew_diacritics(text: str) -> str:
-    """Adds niqqud with dicta_onnx when installed; otherwise (or on its failure) text unchanged."""
+    """Adds niqqud with dicta_onnx when installed."""
 
     def build():
         from dicta_onnx import Dicta
 
         return Dicta()
 
-    dicta = _optional_model("hebrew diacritics", build, "dicta_onnx")
-    if dicta is None:
-        return text
-    try:
-        return dicta.add_diacritics(text)
-    except Exception as e:  # the reference logs and falls back to the plain text
-        logger.warning(f"Hebrew diacritization failed: {e}")
-        return text
+    return _optional_step(text, "hebrew diacritics", "dicta_onnx", build, lambda m, t: m.add_diacritics(t))
 
 
 def russian_stress(text: str) -> str:
-    """Adds stress marks with russian_text_stresser when installed; otherwise text unchanged."""
+    """Adds stress marks with russian_text_stresser when installed."""
 
     def build():
         from russian_text_stresser.text_stresser import RussianTextStresser
 
         return RussianTextStresser()
 
-    stresser = _optional_model("russian stress", build, "russian_text_stresser")
-    if stresser is None:
-        return text
-    try:
-        return stresser.stress_text(text)
-    except Exception as e:  # the reference logs and falls back to the plain text
-        logger.warning(f"Russian stress labeling failed: {e}")
-        return text
+    return _optional_step(text, "russian stress", "russian_text_stresser", build, lambda m, t: m.stress_text(t))
