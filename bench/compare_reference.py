@@ -81,7 +81,15 @@ def main(argv=None):
     p.add_argument("--pairs", type=int, default=1, help="alternating ref/ours rounds")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--log", type=Path, help="append each finished worker's JSON here as it completes")
     args = p.parse_args(argv)
+
+    def run(module, worker_args, **kw):
+        r = run_worker(module, worker_args, **kw)
+        if args.log:  # a long comparison keeps what it measured even if stopped later
+            with open(args.log, "a") as f:
+                f.write(json.dumps(r) + "\n")
+        return r
 
     ckpt = checkpoint(args.size, args.variant, args.seed)
     recipes = args.recipes.split(",")
@@ -89,10 +97,10 @@ def main(argv=None):
     common = ["--workload", "e2e", "--tokens", args.tokens, "--repeats", 1]
     ref_runs, ours_runs = [], {r: [] for r in recipes}
     for _ in range(args.pairs):
-        ref_runs.append(run_worker("bench.ref_worker", [ckpt, "--variant", args.variant, "--size", args.size, *common],
-                                   python=REF_PYTHON))
+        ref_runs.append(run("bench.ref_worker", [ckpt, "--variant", args.variant, "--size", args.size, *common],
+                            python=REF_PYTHON))
         for r in recipes:
-            ours_runs[r].append(run_worker("bench.worker", [models[r], *common]))
+            ours_runs[r].append(run("bench.worker", [models[r], *common]))
 
     def median(runs, key):
         return float(np.median([x[key] for x in runs]))
