@@ -457,8 +457,8 @@ def _rss_mb() -> float:
 
 @pytest.mark.slow
 def test_200_sentences_memory_is_flat_and_nothing_is_lost(tts):
-    """200 sentences back to back through generate() (per-sentence progress; TTS.stream is not
-    there yet): each sentence exactly once, in order, and RSS growth <= 1 MB per sentence."""
+    """200 sentences back to back through generate(): each sentence exactly once, in order, and
+    RSS growth <= 1 MB per sentence."""
     sentences = [f"Sentence {i} of the long run." for i in range(200)]
     seen, rss = [], []
 
@@ -472,4 +472,22 @@ def test_200_sentences_memory_is_flat_and_nothing_is_lost(tts):
     slope = np.polyfit(np.arange(50, 200), np.array(rss[50:]), 1)[0]  # after warm-up
     print(f"RSS slope over sentences 50..199: {slope:.3f} MB/sentence "
           f"({rss[0]:.0f} -> {rss[-1]:.0f} MB; output audio alone is {audio.samples.nbytes / 2**20 / 200:.3f} MB/sentence)")
+    assert slope <= 1.0
+
+
+@pytest.mark.slow
+def test_200_sentences_streamed_memory_is_flat_and_no_chunk_lost(tts):
+    """The same 200 sentences through stream(): chunk indices run 0..n-1 with no gap or repeat,
+    exactly the final chunk is last, and RSS growth <= 1 MB per sentence."""
+    text = " ".join(f"Sentence {i} of the long run." for i in range(200))
+    indices, rss, lasts = [], [], []
+    for chunk in tts.stream(text, seed=0, max_new_tokens=4, first_chunk_tokens=2, chunk_tokens=2):
+        indices.append(chunk.index)
+        lasts.append(chunk.is_last)
+        rss.append(_rss_mb())
+    assert indices == list(range(len(indices))) and lasts.count(True) == 1 and lasts[-1]
+    per_sentence = len(indices) / 200
+    start = len(indices) // 4  # after warm-up
+    slope = np.polyfit(np.arange(start, len(rss)), np.array(rss[start:]), 1)[0] * per_sentence
+    print(f"stream: {len(indices)} chunks, RSS slope {slope:.3f} MB/sentence ({rss[0]:.0f} -> {rss[-1]:.0f} MB)")
     assert slope <= 1.0
