@@ -1,4 +1,4 @@
-"""Timing, machine facts and peak memory, shared by the benchmarks.
+"""Machine facts, peak memory and worker processes, shared by the benchmarks.
 
 Each measured configuration runs in a fresh process (see `run_worker`), so the peak resident
 memory it reports belongs to that configuration alone.
@@ -7,13 +7,12 @@ memory it reports belongs to that configuration alone.
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
+
+from nightingale_mlx.quality import dir_size_bytes, peak_rss_mb  # noqa: F401  (one definition, shared)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,24 +45,6 @@ def machine() -> Dict:
     except ImportError:
         pass
     return info
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def measure(fn: Callable[[], object], warmup: int = 1, repeats: int = 3) -> Dict:
-    """Runs fn warmup + repeats times; returns seconds as min/median/max and the raw runs."""
-    for _ in range(warmup):
-        fn()
-    runs: List[float] = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}
 
 
 def run_worker(module: str, args: List[str], python: str = sys.executable, env: Dict = None) -> Dict:

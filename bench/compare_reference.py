@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import ROOT, machine, run_worker
+from bench.common import ROOT, dir_size_bytes, machine, run_worker
 
 REF_PYTHON = os.environ.get("NIGHTINGALE_REF_PYTHON", str(Path.home() / ".cache/nightingale/ref-env/bin/python"))
 
@@ -52,10 +52,6 @@ def t3_bytes_per_token(model_dir: Path) -> int:
 
     weights = read_safetensors(model_dir / "t3.safetensors")
     return sum(v.nbytes for k, v in weights.items() if k.startswith(("tfmr.", "speech_head.")))
-
-
-def dir_size_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 def copy_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
@@ -107,7 +103,7 @@ def main(argv=None):
 
     metrics = ("decode_tok_s", "prefill_s", "s3gen_s", "total_s", "peak_rss_mb")
     ref = {k: median(ref_runs, k) for k in metrics}
-    ours = {r: {**{k: median(ours_runs[r], k) for k in metrics}, "size_on_disk_mb": dir_size_mb(models[r])}
+    ours = {r: {**{k: median(ours_runs[r], k) for k in metrics}, "size_on_disk_mb": dir_size_bytes(models[r]) / 2**20}
             for r in recipes}
     fastest = min(recipes, key=lambda r: ours[r]["total_s"])
     bandwidth = copy_bandwidth_gbs()
