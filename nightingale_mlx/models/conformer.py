@@ -12,6 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import FlowConfig
+from .cpu_kernels import attention
 
 EMBED_NORM_EPS = 1e-5  # LinearNoSubsampling and after_norm
 LAYER_NORM_EPS = 1e-12  # ConformerEncoderLayer's norm_mha / norm_ff
@@ -85,10 +86,10 @@ class RelPositionMultiHeadedAttention(nn.Module):
         q_u = (q + self.pos_bias_u).transpose(0, 2, 1, 3)  # (B, H, T, dk)
         q_v = (q + self.pos_bias_v).transpose(0, 2, 1, 3)
         scale = 1.0 / math.sqrt(self.d_k)
-        # The position term (matrix bd) enters the fused kernel as an additive score bias.
+        # The position term (matrix bd) enters the attention as an additive score bias.
         bd = rel_shift(q_v @ p) * scale  # (B, H, T, T)
-        # The fp32 position table makes bd fp32; an fp16/quantized flow needs the mask in its dtype.
-        out = mx.fast.scaled_dot_product_attention(q_u, k, v, scale=scale, mask=bd.astype(q_u.dtype))
+        # The fp32 position table makes bd fp32; an fp16/quantized flow needs the bias in its dtype.
+        out = attention(q_u, k, v, scale, bias=bd.astype(q_u.dtype))
         return self.linear_out(out.transpose(0, 2, 1, 3).reshape(B, T, self.h * self.d_k))
 
 

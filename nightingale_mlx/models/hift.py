@@ -14,6 +14,7 @@ import mlx.nn as nn
 
 from ..audio.stft import hann_window, istft, stft
 from ..config import HiFTConfig
+from .cpu_kernels import on_cpu
 from .f0 import ConvRNNF0Predictor, SourceModuleHnNSF, upsample_nearest
 
 FINAL_LRELU_SLOPE = 0.01  # the reference's last leaky_relu uses torch's default slope, not 0.1
@@ -38,10 +39,6 @@ class Snake(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         return snake(x, self.alpha)
-
-
-def _on_cpu() -> bool:
-    return mx.default_device() == mx.cpu
 
 
 def conv_transpose1d(x: mx.array, weight: mx.array, stride: int, padding: int) -> mx.array:
@@ -92,7 +89,7 @@ class ConvTranspose1d(nn.Module):
         self.padding = padding
 
     def __call__(self, x: mx.array) -> mx.array:
-        if _on_cpu():
+        if on_cpu():
             y = conv_transpose1d(x, self.weight, self.stride, self.padding)
         else:
             y = mx.conv_transpose1d(x, self.weight, stride=self.stride, padding=self.padding)
@@ -103,7 +100,7 @@ class Conv1d(nn.Conv1d):
     """nn.Conv1d whose dilated form runs as shifted matmuls on CPU (see `dilated_conv1d`)."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self.dilation == 1 or not _on_cpu():
+        if self.dilation == 1 or not on_cpu():
             return super().__call__(x)
         return dilated_conv1d(x, self.weight, self.dilation, self.padding) + self.bias
 

@@ -13,6 +13,7 @@ import mlx.nn as nn
 
 from ..config import FlowConfig
 from .conformer import Placeholder
+from .cpu_kernels import attention, gelu
 
 TIME_SCALE = 1000.0  # SinusoidalPosEmb.forward(scale=1000): t in [0, 1] spans 1000 "steps"
 NORM_EPS = 1e-5  # torch LayerNorm default (block norms, transformer norm1 / norm3)
@@ -98,9 +99,7 @@ class Attention(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         B, T, _ = x.shape
         split = lambda y: y.reshape(B, T, self.heads, -1).transpose(0, 2, 1, 3)  # noqa: E731  (B, H, T, dh)
-        out = mx.fast.scaled_dot_product_attention(
-            split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x)), scale=self.scale
-        )
+        out = attention(split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x)), self.scale)
         return self.to_out[0](out.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
 
@@ -112,7 +111,7 @@ class GELU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return nn.gelu(self.proj(x))
+        return gelu(self.proj(x))
 
 
 class FeedForward(nn.Module):

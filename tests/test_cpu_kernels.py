@@ -1,0 +1,42 @@
+"""The CPU fast paths (numpy attention, rational-erf GELU) equal MLX's own kernels."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from nightingale_mlx.models import cpu_kernels
+from nightingale_mlx.models.cpu_kernels import attention, gelu
+
+
+def _qkv(shape, dtype=mx.float32):
+    keys = mx.random.split(mx.random.key(0), 3)
+    return [(2.0 * mx.random.normal(shape, key=k)).astype(dtype) for k in keys]
+
+
+@pytest.mark.parametrize("T", [7, 300])  # 300: 2 x 8 x 300 x 300 scores take the two-thread softmax
+def test_attention_matches_fused_kernel(T):
+    assert cpu_kernels.on_cpu()
+    q, k, v = _qkv((2, 8, T, 16))
+    bias = mx.random.normal((2, 8, T, T), key=mx.random.key(1))
+    for b in (None, bias):
+        got = attention(q, k, v, 0.25, bias=b)
+        want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=b)
+        assert got.shape == want.shape and got.dtype == mx.float32
+        np.testing.assert_allclose(np.array(got), np.array(want), atol=2e-5)  # MLX exp: 2e-6 rel
+
+
+def test_attention_keeps_fp16():
+    q, k, v = _qkv((1, 2, 5, 8), mx.float16)
+    got = attention(q, k, v, 0.5)
+    assert got.dtype == mx.float16
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.5)
+    np.testing.assert_allclose(np.array(got, np.float32), np.array(want, np.float32), atol=8e-3)  # fp16 ulp at |x| 4-8: 4e-3
+
+
+def test_gelu_matches_erf_gelu():
+    x = mx.linspace(-12, 12, 100_001)
+    np.testing.assert_allclose(np.array(gelu(x)), np.array(nn.gelu(x)), atol=2e-6)
+    h = x.astype(mx.float16)
+    assert gelu(h).dtype == mx.float16
+    np.testing.assert_allclose(np.array(gelu(h), np.float32), np.array(nn.gelu(h), np.float32), atol=1e-2)
