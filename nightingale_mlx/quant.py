@@ -14,6 +14,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from .models.cpu_kernels import use_blas_linears
+
 COMPONENTS = ("t3", "flow", "hift", "cloning")
 BITS = (32, 16, 8, 4)
 FLOAT_ONLY = {"hift": (32, 16)}
@@ -119,10 +121,12 @@ def apply(module: nn.Module, bits: int, group_size: int) -> List[str]:
     before a strict load, so a file that does not match its recipe fails to load.
     """
     module.set_dtype(mx.float32 if bits == 32 else mx.float16)
-    if bits not in (8, 4):
-        return []
-    skipped = skipped_layers(module, group_size)
-    nn.quantize(module, group_size=group_size, bits=bits, class_predicate=quantizable(group_size))
+    skipped = []
+    if bits in (8, 4):
+        skipped = skipped_layers(module, group_size)
+        nn.quantize(module, group_size=group_size, bits=bits, class_predicate=quantizable(group_size))
+    if bits != 32:
+        use_blas_linears(module)
     return skipped
 
 

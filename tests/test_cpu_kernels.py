@@ -40,3 +40,32 @@ def test_gelu_matches_erf_gelu():
     h = x.astype(mx.float16)
     assert gelu(h).dtype == mx.float16
     np.testing.assert_allclose(np.array(gelu(h), np.float32), np.array(nn.gelu(h), np.float32), atol=1e-2)
+
+
+@pytest.mark.parametrize("bits", [16, 8, 4])
+def test_reduced_precision_linears_match_mlx_kernels(bits):
+    from nightingale_mlx import quant
+    from nightingale_mlx.models.cpu_kernels import BLAS_MIN_ROWS, BlasLinear, BlasQuantizedLinear
+
+    layer = nn.Linear(128, 96)
+    holder = nn.Module()
+    holder.layers = [layer]
+    quant.apply(holder, bits, 64)
+    layer = holder.layers[0]
+    assert type(layer) is (BlasLinear if bits == 16 else BlasQuantizedLinear)
+    base = nn.Linear if bits == 16 else nn.QuantizedLinear
+    for rows in (1, BLAS_MIN_ROWS - 1, 40):  # matvec-like rows keep MLX's kernel; many rows take BLAS
+        x = mx.random.normal((2, rows, 128), key=mx.random.key(rows)).astype(mx.float16)
+        got, want = layer(x), base.__call__(layer, x)
+        assert got.dtype == mx.float16 and got.shape == (2, rows, 96)
+        # fp32 accumulation against MLX's fp16 one: within a few fp16 ulps of outputs ~ +-3
+        np.testing.assert_allclose(np.array(got, np.float32), np.array(want, np.float32), atol=2e-2)
+
+
+def test_fp32_components_keep_plain_linears():
+    from nightingale_mlx import quant
+
+    holder = nn.Module()
+    holder.layers = [nn.Linear(64, 64)]
+    quant.apply(holder, 32, 64)
+    assert type(holder.layers[0]) is nn.Linear
