@@ -3,6 +3,10 @@
 Bundle layout:
     manifest.json             shapes, token ids, sampling, quantization, compute units, file hashes
     t3.mlpackage              stateful multifunction T3 (prefill_<T> + decode), blockwise int4/int8
+    flow.mlpackage            S3Gen flow over a fixed chunk of tokens: encoder + 10 unrolled CFM steps -> mel
+    hift_source.mlpackage     HiFT F0 + SineGen/NSF excitation + its STFT (fp32)
+    hift_body.mlpackage       HiFT conv body (fp16)
+    hift_tail.mlpackage       HiFT conv_post + exp/sin + iSTFT (fp32)
     t3_conditioning.safetensors   emotion_weight (D,): cond token 34 = exaggeration * emotion_weight
     voices/NAME.safetensors   t3_cond (1, 33, D) fp16 (speaker + perceiver tokens) + S3Gen prompts
     tokenizer files           copied from the model dir, with the text section of config.json
@@ -20,7 +24,10 @@ import mlx.core as mx
 from nightingale_mlx import model_io
 from nightingale_mlx.config import PROFILES
 from nightingale_mlx.sampling import SamplingParams
+from nightingale_mlx.streaming import StreamConfig
 
+from .flow_package import build_flow_package
+from .hift_package import build_hift_packages
 from .t3_package import FUNCTION_DECODE, build_t3_package, prefill_name
 
 FORMAT = {"format": "nightingale-ios", "format_version": 1}
@@ -30,6 +37,12 @@ T3_CONDITIONING = "t3_conditioning.safetensors"
 DEFAULT_CONTEXT = 1024
 DEFAULT_TEXT_SLOTS = (64, 256)
 TARGETS = ("gpu", "ane")
+FLOW_PACKAGE = "flow.mlpackage"
+# Chunk shapes from the MLX streamer's defaults: 25 new tokens (1 s) per chunk, 3 lookahead tokens.
+STREAM_CHUNK_TOKENS = 25
+_STREAM = StreamConfig()
+DEFAULT_CHUNK_FRAMES = 2 * (_STREAM.context_tokens + STREAM_CHUNK_TOKENS + 3)  # 156: context + new + lookahead
+DEFAULT_VOCODER_FRAMES = _STREAM.vocoder_context_frames + _STREAM.holdback_frames + 2 * STREAM_CHUNK_TOKENS  # 88
 VOICE_S3GEN_FIELDS = ("gen_prompt_token", "gen_prompt_feat", "gen_embedding")
 # The order and formulas the app must follow; the MLX runtime's sampling.py is the reference.
 SAMPLING_STEPS = [
@@ -117,6 +130,44 @@ def t3_manifest(t3, config, package_info: dict) -> dict:
     }
 
 
+def s3gen_manifest(s3gen, config, target: str, flow_info: dict, hift_info: dict) -> dict:
+    recipe = model_io.recipe_of(config)
+    bits = recipe.bits["flow"]
+    blockwise = target == "gpu" and bits in (4, 8)
+    flow = {
+        "package": FLOW_PACKAGE,
+        # Blockwise weights are GPU-only; the ANE build is fp16 throughout (COREML_NOTES §0).
+        "compute_units": "cpuAndGPU" if target == "gpu" else "cpuAndNeuralEngine",
+        "precision": "fp16 activations, fp32 layer norms / softmax / Euler state" if target == "gpu"
+                     else "fp16 throughout",
+        "quantization": {"bits": bits if blockwise else 16, "group_size": recipe.group_size if blockwise else None,
+                         "scheme": "constexpr_blockwise_shift_scale from the MLX codes (as T3)" if blockwise
+                         else "fp16 weights (MLX's dequantization where the source is quantized)"},
+        **flow_info,
+        "notes": "tokens: the last chunk_tokens of prompt|speech tokens (prompt tail while the window "
+                 "overlaps it); cond: the prompt mel on the window's prompt frames, zeros after; "
+                 "embedding: the voice's gen_embedding; noise: standard normal per absolute frame. "
+                 "The newest 2 * lookahead_tokens frames are not settled until the stream ends.",
+    }
+    return {"flow": flow, "hift": hift_info, "sample_rate": hift_info["sample_rate"],
+            "samples_per_frame": s3gen.mel2wav.cfg.upsample_factor, "frames_per_token": s3gen.flow.cfg.token_mel_ratio,
+            "mel_channels": s3gen.flow.cfg.output_size,
+            "streaming": {"chunk_tokens": STREAM_CHUNK_TOKENS, "context_tokens": _STREAM.context_tokens,
+                          "vocoder_context_frames": _STREAM.vocoder_context_frames,
+                          "holdback_frames": _STREAM.holdback_frames, "crossfade_samples": _STREAM.crossfade_samples},
+            "voice_fields": list(VOICE_S3GEN_FIELDS)}
+
+
+def check_chunk_args(chunk_frames, vocoder_frames) -> None:
+    """Refuses bad chunk shapes before anything heavy is loaded."""
+    if not isinstance(chunk_frames, int) or chunk_frames <= 0 or chunk_frames % 2:
+        raise ExportError(f"--chunk-frames {chunk_frames}: must be a positive even number of mel frames "
+                          f"(2 per token; default {DEFAULT_CHUNK_FRAMES})")
+    if not isinstance(vocoder_frames, int) or vocoder_frames <= 0:
+        raise ExportError(f"--vocoder-frames {vocoder_frames}: must be a positive number of mel frames "
+                          f"(default {DEFAULT_VOCODER_FRAMES})")
+
+
 def sampling_manifest(config) -> dict:
     profile = PROFILES[config.profile]
     defaults = SamplingParams(repetition_penalty=profile.repetition_penalty)
@@ -128,11 +179,17 @@ def sampling_manifest(config) -> dict:
 
 
 def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTEXT,
-               text_slots: Sequence[int] = DEFAULT_TEXT_SLOTS, force: bool = False) -> Path:
-    """Writes the bundle at `out` (staged in a temp dir, then moved into place). Returns its path."""
+               text_slots: Sequence[int] = DEFAULT_TEXT_SLOTS, force: bool = False,
+               chunk_frames: int = DEFAULT_CHUNK_FRAMES, vocoder_frames: int = DEFAULT_VOCODER_FRAMES) -> Path:
+    """Writes the bundle at `out` (staged in a temp dir, then moved into place). Returns its path.
+
+    `chunk_frames` is the flow package's static window (2 mel frames per token), `vocoder_frames`
+    the HiFT packages'. A model converted without S3Gen gets a T3-only bundle (`s3gen: null`).
+    """
     model_dir, out = Path(model_dir), Path(out)
     if target not in TARGETS:
         raise ExportError(f"target {target!r}: expected one of {', '.join(TARGETS)}")
+    check_chunk_args(chunk_frames, vocoder_frames)
     if out.suffix != ".nightingale":
         raise ExportError(f"{out}: the bundle name must end in .nightingale")
     if out.exists() and not force:
@@ -143,6 +200,7 @@ def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTE
         raise ExportError("coremltools is not installed: pip install 'nightingale-mlx[coreml]'") from None
     config = model_io.load_config(model_dir)
     t3, _ = model_io.load_t3(model_dir, config)
+    s3gen = model_io.load_s3gen(model_dir, config) if config.s3gen else None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         stage = Path(tmp) / "bundle"
@@ -152,6 +210,11 @@ def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTE
         mx.save_safetensors(str(stage / T3_CONDITIONING), {"emotion_weight": emotion})
         voices = export_voices(t3, model_dir, stage)
         tokenizer = _copy_tokenizer(model_dir, config, stage)
+        s3gen_info = None
+        if s3gen is not None:
+            flow_info = build_flow_package(s3gen.flow, stage / FLOW_PACKAGE, chunk_frames, target)
+            hift_info = build_hift_packages(s3gen.mel2wav, stage, vocoder_frames)
+            s3gen_info = s3gen_manifest(s3gen, config, target, flow_info, hift_info)
         manifest = {
             **FORMAT,
             "variant": config.variant,
@@ -164,7 +227,7 @@ def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTE
             "sampling": sampling_manifest(config),
             "voices": voices,
             "tokenizer": tokenizer,
-            "s3gen": None,  # flow + HiFT packages are not exported yet (README: iOS)
+            "s3gen": s3gen_info,  # None: the model was converted without S3Gen
             "source_quantization": config.quantization,
         }
         manifest["files"] = file_hashes(stage)

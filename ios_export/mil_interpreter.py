@@ -137,8 +137,13 @@ OPS: Dict[str, Callable[[dict], np.ndarray]] = {
     "reduce_mean": _reduce(np.mean), "reduce_sum": _reduce(np.sum), "reduce_max": _reduce(np.max),
     "cumsum": lambda a: _cumsum(a),
     "linear": lambda a: _f(a["x"]) @ _f(a["weight"]).T + (0 if a.get("bias") is None else _f(a["bias"])),
-    "matmul": lambda a: np.swapaxes(_f(a["x"]), -1, -2) @ _f(a["y"]) if a.get("transpose_x") else
-    _f(a["x"]) @ (np.swapaxes(_f(a["y"]), -1, -2) if a.get("transpose_y") else _f(a["y"])),
+    "matmul": lambda a: _matmul(a),
+    "conv": lambda a: _conv(a),
+    "conv_transpose": lambda a: _conv_transpose(a),
+    "layer_norm": lambda a: _layer_norm(a),
+    "gelu": lambda a: _gelu(a),
+    "softplus": lambda a: np.logaddexp(0.0, _f(a["x"])),
+    "elu": lambda a: np.where(_f(a["x"]) > 0, _f(a["x"]), float(a.get("alpha", 1.0)) * np.expm1(_f(a["x"]))),
     "scaled_dot_product_attention": _sdpa,
     "reshape": lambda a: np.reshape(a["x"], [int(s) for s in a["shape"]]),
     "transpose": lambda a: np.transpose(a["x"], [int(p) for p in a["perm"]]),
@@ -155,6 +160,99 @@ OPS: Dict[str, Callable[[dict], np.ndarray]] = {
     "pad": lambda a: _pad(a),
     "constexpr_blockwise_shift_scale": _blockwise,
 }
+
+
+def _matmul(a):
+    x, y = _f(a["x"]), _f(a["y"])
+    if a.get("transpose_x"):
+        x = np.swapaxes(x, -1, -2)
+    if a.get("transpose_y"):
+        y = np.swapaxes(y, -1, -2)
+    return x @ y
+
+
+def _spatial(a, x, w):
+    """Conv args on 1-D signals: (N, C, L) or (N, C, 1, L) with (.., 1, K) kernels; returns pads too."""
+    rank = x.ndim
+    if rank == 4:
+        if x.shape[2] != 1 or w.shape[2] != 1:
+            raise InterpreterError("conv: only (N, C, 1, L) inputs with (1, K) kernels are supported")
+        x, w = x[:, :, 0], w[:, :, 0]
+    elif rank != 3:
+        raise InterpreterError(f"conv: rank {rank} inputs are not supported")
+    last = lambda key, default: int(default if a.get(key) is None else list(a[key])[-1])  # noqa: E731
+    stride, dilation = last("strides", 1), last("dilations", 1)
+    pad_type = str(a.get("pad_type", "valid"))
+    if pad_type == "custom":
+        pad = [int(p) for p in a["pad"]][-2:]
+    elif pad_type == "valid":
+        pad = [0, 0]
+    else:
+        raise InterpreterError(f"conv: pad_type {pad_type!r} is not supported")
+    if int(a.get("groups", 1) or 1) != 1:
+        raise InterpreterError("conv: grouped convolutions are not supported")
+    return x, w, stride, dilation, pad, rank
+
+
+def _conv(a):
+    """Cross-correlation as one matmul per tap (fp32 accumulation, as the GPU)."""
+    x, w, stride, dilation, pad, rank = _spatial(a, _f(a["x"]), _f(a["weight"]))
+    x = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[1])))
+    K = w.shape[-1]
+    length = (x.shape[-1] - dilation * (K - 1) - 1) // stride + 1
+    out = 0.0
+    for k in range(K):
+        tap = x[:, :, k * dilation: k * dilation + stride * (length - 1) + 1: stride]  # (N, I, length)
+        out = out + np.matmul(w[:, :, k], tap)
+    if a.get("bias") is not None:
+        out = out + _f(a["bias"])[:, None]
+    return out[:, :, None] if rank == 4 else out
+
+
+def _conv_transpose(a):
+    """Each input sample scatters K taps at stride s; then `pad` is cropped from both ends."""
+    x, w, stride, dilation, pad, rank = _spatial(a, _f(a["x"]), _f(a["weight"]))
+    N, _, L = x.shape
+    K = w.shape[-1]
+    out = np.zeros((N, w.shape[1], (L - 1) * stride + dilation * (K - 1) + 1), np.float32)
+    for k in range(K):
+        out[:, :, k * dilation: k * dilation + stride * (L - 1) + 1: stride] += np.matmul(w[:, :, k].T, x)
+    out = out[:, :, pad[0]: out.shape[-1] - pad[1]]
+    if a.get("bias") is not None:
+        out = out + _f(a["bias"])[:, None]
+    return out[:, :, None] if rank == 4 else out
+
+
+def _layer_norm(a):
+    x = _f(a["x"])
+    axes = tuple(range(x.ndim)) if a.get("axes") is None else tuple(int(i) % x.ndim for i in a["axes"])
+    mean = x.mean(axis=axes, keepdims=True)
+    var = np.square(x - mean).mean(axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+    shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]  # gamma has shape x.shape[axes]
+    if a.get("gamma") is not None:
+        y = y * _f(a["gamma"]).reshape(shape)
+    if a.get("beta") is not None:
+        y = y + _f(a["beta"]).reshape(shape)
+    return y
+
+
+def _erf(x):
+    """Abramowitz & Stegun 7.1.26 in float64: |error| <= 1.5e-7, below fp32 storage of GELU's output."""
+    x = np.asarray(x, np.float64)
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+
+
+def _gelu(a):
+    x = _f(a["x"])
+    mode = str(a.get("mode", "EXACT"))
+    if mode == "EXACT":
+        return 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0)))
+    if mode == "TANH_APPROXIMATION":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3)))
+    return x / (1.0 + np.exp(-1.702 * x))
 
 
 def _cumsum(a):

@@ -1,9 +1,10 @@
 """`python -m ios_export.verify BUNDLE -m MODEL`: checks a bundle without a Mac, prints JSON.
 
 Numerics: the saved T3 package runs through the numpy MIL interpreter (prefill + decode steps with
-its states) against the MLX model on the same inputs. Structure: op types, no random ops,
-blockwise weights on every quantized T3 linear with MLX's integer codes bit for bit, states,
-static shapes, file hashes and sizes.
+its states) against the MLX model on the same inputs; so do the flow (chunk mel SNR) and the three
+HiFT packages (waveform SNR), see verify_s3gen.py. Structure: op types, no random ops, blockwise
+weights on every quantized linear with MLX's integer codes bit for bit, states, static shapes,
+per-package precision, file hashes and sizes.
 """
 
 import argparse
@@ -20,6 +21,7 @@ from nightingale_mlx import model_io
 from .export import MANIFEST, T3_PACKAGE, file_hashes
 from .mil_interpreter import Interpreter
 from .t3_package import FUNCTION_DECODE, module_path, prefill_name, quantized_weight
+from .verify_s3gen import verify_s3gen
 
 T3_OPS = {
     "const", "constexpr_blockwise_shift_scale", "linear", "read_state", "coreml_update_state", "write_state",
@@ -65,9 +67,11 @@ def structure(interp: Interpreter, t3, manifest: dict) -> dict:
     return report
 
 
-def codes(interp: Interpreter, t3) -> dict:
-    """Compares each blockwise op's codes and scales with the MLX module's, bit for bit."""
-    modules = dict(t3.named_modules())
+def codes(interp: Interpreter, model) -> dict:
+    """Compares each blockwise op's codes and scales with the MLX module's, bit for bit.
+
+    Op names are module paths (`weight_op_name`); the flow's 1x1-conv weights are (O, I, 1, 1)."""
+    modules = dict(model.named_modules())
     checked, mismatched, max_ulps = 0, [], 0.0
     seen = set()
     for fn in interp.program.functions.values():
@@ -75,14 +79,15 @@ def codes(interp: Interpreter, t3) -> dict:
             if op.op_type != "constexpr_blockwise_shift_scale" or op.name in seen:
                 continue
             seen.add(op.name)
-            module = modules.get(module_path(op.name))
+            module = modules.get(module_path(op.name.removesuffix("__2d")))
             if module is None:
                 mismatched.append(op.name)
                 continue
             q = quantized_weight(module)
-            data = np.asarray(op.inputs["data"].val).astype(np.uint8)
-            scale = np.asarray(op.inputs["scale"].val)
-            offset = np.asarray(op.inputs["offset"].val)
+            rows = q.codes.shape[0]
+            data = np.asarray(op.inputs["data"].val).astype(np.uint8).reshape(rows, -1)
+            scale = np.asarray(op.inputs["scale"].val).reshape(rows, -1)
+            offset = np.asarray(op.inputs["offset"].val).reshape(rows, -1)
             same = np.array_equal(data, q.codes) and scale.dtype == np.float16 and \
                 np.array_equal(scale.view(np.uint16), q.scale.view(np.uint16))
             if not same:
@@ -175,6 +180,12 @@ def verify(bundle, model_dir) -> dict:
                         and not (s["unexpected_ops"] or s["random_ops"] or s["dynamic_shapes"]
                                  or s["linears_not_blockwise"])
                         and (manifest["t3"]["quantization"]["bits"] not in (4, 8) or report["t3"]["codes"]["codes_equal"]))
+    if manifest.get("s3gen"):
+        s3gen = model_io.load_s3gen(model_dir)
+        report["s3gen"] = verify_s3gen(bundle, manifest, s3gen, codes)
+        report["ok"] = report["ok"] and report["s3gen"]["ok"]
+    else:
+        report["s3gen"] = None
     return report
 
 

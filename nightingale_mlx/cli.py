@@ -160,7 +160,8 @@ def _export_ios(args) -> None:
 
     text_slots = [int(t) for t in args.text_slots.split(",") if t.strip()]
     out = export_ios(args.model, args.out, target=args.target, context=args.context,
-                     text_slots=text_slots, force=args.force)
+                     text_slots=text_slots, force=args.force, chunk_frames=args.chunk_frames,
+                     vocoder_frames=args.vocoder_frames)
     print(f"nightingale: iOS bundle written to {out}", file=sys.stderr)
 
 
@@ -219,9 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export-ios", help="export a converted model as a Core ML bundle for iOS (needs [coreml])")
     x.add_argument("-m", "--model", required=True, help="converted model dir (nightingale convert)")
     x.add_argument("--out", required=True, help="output bundle, NAME.nightingale")
-    x.add_argument("--target", default="gpu", choices=["gpu", "ane"], help="compute target advice for the packages")
+    x.add_argument("--target", default="gpu", choices=["gpu", "ane"],
+                   help="gpu: blockwise-quantized flow with fp32 islands; ane: fp16 flow for the Neural Engine")
     x.add_argument("--context", type=int, default=1024, help="T3 KV-cache length (multiple of 32)")
     x.add_argument("--text-slots", default="64,256", help="T3 prefill text lengths, comma-separated")
+    x.add_argument("--chunk-frames", type=int, default=156,
+                   help="flow window in mel frames, 2 per token (default 156: 50 context + 25 new + 3 lookahead)")
+    x.add_argument("--vocoder-frames", type=int, default=88,
+                   help="HiFT window in mel frames (default 88: 24 context + 14 held back + 50 new)")
     x.add_argument("--force", action="store_true", help="replace OUT if it exists")
     x.set_defaults(func=_export_ios)
 
