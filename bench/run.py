@@ -3,7 +3,8 @@
     python -m bench.run -m MODEL_DIR [-m MODEL_DIR ...] [--tokens 100] [--json]
 
 Per model (a converted dir, e.g. one per recipe), each workload in a fresh process: T3 prefill and
-decode tokens/s with and without CFG, S3Gen time and RTF for N tokens, end-to-end time, peak RSS.
+decode tokens/s with and without CFG, S3Gen time and RTF for N tokens, end-to-end time, streaming
+time to first audio, peak RSS.
 Warm-up, repeats and medians are in bench.worker.
 """
 
@@ -12,7 +13,7 @@ import json
 
 from bench.common import machine, run_worker
 
-WORKLOADS = [("t3", 0.5), ("t3", 0.0), ("s3gen", 0.5), ("e2e", 0.5)]
+WORKLOADS = [("t3", 0.5), ("t3", 0.0), ("s3gen", 0.5), ("e2e", 0.5), ("stream", 0.5)]
 
 
 def measure(model: str, tokens: int, repeats: int) -> dict:
@@ -21,7 +22,7 @@ def measure(model: str, tokens: int, repeats: int) -> dict:
         r = run_worker("bench.worker", [model, "--workload", workload, "--tokens", tokens, "--cfg", cfg,
                                         "--repeats", repeats])
         name = workload if workload != "t3" else ("t3_cfg" if cfg else "t3_no_cfg")
-        out[name] = {k: r[k] for k in ("prefill_s", "decode_tok_s", "s3gen_s", "total_s", "peak_rss_mb") if k in r}
+        out[name] = {k: r[k] for k in ("prefill_s", "decode_tok_s", "s3gen_s", "total_s", "ttfa_s", "peak_rss_mb") if k in r}
         if "s3gen_s" in r:
             out[name]["rtf"] = r["s3gen_s" if workload == "s3gen" else "total_s"] / r["audio_s"]
         out["recipe"] = r["recipe"]

@@ -1,9 +1,11 @@
 """One measurement of nightingale_mlx in a fresh process; prints one JSON line.
 
-    python -m bench.worker MODEL_DIR --workload t3|s3gen|e2e --tokens N [--cfg W] [--repeats R]
+    python -m bench.worker MODEL_DIR --workload t3|s3gen|e2e|stream --tokens N [--cfg W] [--repeats R]
 
 Every workload produces exactly N valid speech tokens (EOS and ids >= 6561 are masked), so both
-implementations do the same work. Peak memory is this process's peak RSS.
+implementations do the same work. `stream` is e2e through the streamer (TTS.stream's defaults:
+first chunk after 12 tokens, then every 25) and reports the time to first audio. Peak memory is
+this process's peak RSS.
 """
 
 import argparse
@@ -17,6 +19,7 @@ from bench.common import peak_rss_mb
 from nightingale_mlx.config import SPEECH_VOCAB_SIZE
 from nightingale_mlx.model_io import load_config, load_s3gen, load_t3
 from nightingale_mlx.sampling import SamplingParams
+from nightingale_mlx.streaming import stream_tokens
 from nightingale_mlx.voice import Voice
 
 TEXT_LEN = 60
@@ -34,23 +37,28 @@ def eos_masked_sampler(seed: int):
     return sample
 
 
-def t3_tokens(t3, voice, tokens: int, cfg: float, seed: int, stamps: list) -> list:
+def t3_tokens(t3, voice, tokens: int, cfg: float, seed: int, stamps: list):
+    """Yields exactly `tokens` speech tokens, stamping the time each one is ready."""
     rng = np.random.default_rng(seed)
     text = mx.array(np.concatenate([[255], rng.integers(1, 700, TEXT_LEN), [0]]))
     cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.5)
     params = SamplingParams(max_new_tokens=tokens, cfg_weight=cfg)
-    out = []
     for tok in t3.inference(cond, text, params, sampler=eos_masked_sampler(seed)):
         stamps.append(time.perf_counter())
-        out.append(tok)
-    return out
+        yield tok
 
 
 def run_once(workload: str, t3, s3gen, voice, tokens: int, cfg: float, seed: int) -> dict:
     stamps = []
     t0 = time.perf_counter()
+    if workload == "stream":
+        ttfa = None
+        for _, _, _, audio_ready in stream_tokens(s3gen, t3_tokens(t3, voice, tokens, cfg, seed, stamps), voice,
+                                                  key=mx.random.key(seed), clock_start=t0):
+            ttfa = audio_ready if ttfa is None else ttfa
+        return {"total_s": time.perf_counter() - t0, "audio_s": tokens * 0.04, "ttfa_s": ttfa}
     if workload in ("t3", "e2e"):
-        speech = t3_tokens(t3, voice, tokens, cfg, seed, stamps)
+        speech = list(t3_tokens(t3, voice, tokens, cfg, seed, stamps))
     else:
         speech = np.random.default_rng(seed).integers(0, 6561, tokens).tolist()
     t1 = time.perf_counter()
@@ -68,7 +76,7 @@ def run_once(workload: str, t3, s3gen, voice, tokens: int, cfg: float, seed: int
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("model")
-    p.add_argument("--workload", choices=["t3", "s3gen", "e2e"], default="t3")
+    p.add_argument("--workload", choices=["t3", "s3gen", "e2e", "stream"], default="t3")
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--cfg", type=float, default=0.5)
     p.add_argument("--repeats", type=int, default=3)
