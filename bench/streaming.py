@@ -126,7 +126,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--contexts", default="12,25,50,100", help="context_tokens values to compare")
+    p.add_argument("--contexts", default="12,25,50,100,all",
+                   help="context_tokens values to compare; 'all' (unbounded: every token so far, prompt included) "
+                        "is the best any streamer can do without future tokens")
     p.add_argument("--tokens", type=int, default=UTTERANCE_TOKENS)
     p.add_argument("--long-tokens", type=int, default=LONG_TOKENS)
     p.add_argument("--json", action="store_true")
@@ -141,17 +143,20 @@ def main(argv=None) -> dict:
 
     default = StreamConfig()
     sweep = {}
-    for ctx in sorted({int(c) for c in args.contexts.split(",")} | {default.context_tokens}):
+    unbounded = voice.gen_prompt_token.shape[1] + len(tokens)  # reaches back to the first prompt token
+    contexts = {c.strip() for c in args.contexts.split(",")} | {str(default.context_tokens)}
+    for name in sorted(contexts, key=lambda c: unbounded if c == "all" else int(c)):
+        ctx = unbounded if name == "all" else int(name)
         chunks, mel = run_stream(s3gen, voice, tokens, noise, StreamConfig(context_tokens=ctx))
-        sweep[ctx] = quality(chunks, mel, gen_mel, gen_wav)
-        print(f"context {ctx}: {json.dumps(sweep[ctx])}", file=sys.stderr)
+        sweep[name] = quality(chunks, mel, gen_mel, gen_wav)
+        print(f"context {name}: {json.dumps(sweep[name])}", file=sys.stderr)
 
     long_tokens = np.random.default_rng(args.seed + 1).integers(0, 6561, args.long_tokens).tolist()
     chunks, _ = run_stream(s3gen, voice, long_tokens, noise, default)
     per_chunk = [{"compute_s": round(c[1], 4), "audio_s": round(len(c[0]) / SR, 4)} for c in chunks]
     ratio = chunks[19][1] / chunks[1][1] if len(chunks) > 20 else float("nan")
 
-    picked = sweep[default.context_tokens]
+    picked = sweep[str(default.context_tokens)]
     result = {
         "ttfa_s": picked["ttfa_s"],
         "generate_s": generate_s,
