@@ -69,7 +69,7 @@ class FlowGraph:
         x = L.layer_norm(L.linear(x, module.out[0], f"{path}.out.0"), module.out[1])
         x = mb.mul(x=x, y=L.const(np.float32(module.xscale)))
         pos = np.array(rel_positions(length, module.dim))[0].T[None, :, None, :]  # (1, d, 1, 2L-1)
-        return x, L.const(pos)
+        return x, mb.const(val=L.const(pos))  # one const, shared by every layer's linear_pos
 
     def rel_attention(self, x, pos, attn, path: str, length: int):
         """ESPnet relative-position attention (conformer.py) with the pad/reshape rel_shift."""

@@ -64,9 +64,17 @@ class Layers:
         self._weights[key] = var
         return var
 
+    def param(self, module: nn.Module, tag: str, make, dtype: Optional[str] = None):
+        """A const made from `module` once per function: the unrolled CFM reuses one weight in every step."""
+        key = f"{id(module)}:{tag}:{dtype or self.dtype}"
+        if key not in self._weights:
+            self._weights[key] = self.mb.const(val=self.const(make(), dtype))
+        return self._weights[key]
+
     def bias(self, module: nn.Module):
-        b = module.get("bias")  # an mlx Module is a dict of its parameters
-        return None if b is None else self.const(_np(b))
+        if module.get("bias") is None:  # an mlx Module is a dict of its parameters
+            return None
+        return self.param(module, "bias", lambda: _np(module.bias))
 
     # --- layers (x is (B, C, 1, T)) ----------------------------------------------------------
     def linear(self, x, module: nn.Module, path: str):
@@ -76,15 +84,15 @@ class Layers:
 
     def conv(self, x, module: nn.Module, pad=(0, 0), stride: int = 1, dilation: int = 1):
         """An MLX Conv1d (weight (O, K, I)) as a (1, K) conv2d with explicit time padding."""
-        w = self.const(_np(module.weight).transpose(0, 2, 1)[:, :, None, :])  # (O, I, 1, K)
+        w = self.param(module, "conv", lambda: _np(module.weight).transpose(0, 2, 1)[:, :, None, :])  # (O, I, 1, K)
         kw = {} if self.bias(module) is None else {"bias": self.bias(module)}
         return self.mb.conv(x=x, weight=w, strides=[1, stride], dilations=[1, dilation],
                             pad_type="custom", pad=[0, 0, int(pad[0]), int(pad[1])], **kw)
 
     def conv_transpose(self, x, module: nn.Module, stride: int, padding: int):
         """MLX ConvTranspose1d (weight (O, K, I)) as conv_transpose (weight (I, O, 1, K))."""
-        w = self.const(_np(module.weight).transpose(2, 0, 1)[:, :, None, :])
-        return self.mb.conv_transpose(x=x, weight=w, bias=self.const(_np(module.bias)), strides=[1, stride],
+        w = self.param(module, "conv_transpose", lambda: _np(module.weight).transpose(2, 0, 1)[:, :, None, :])
+        return self.mb.conv_transpose(x=x, weight=w, bias=self.bias(module), strides=[1, stride],
                                       pad_type="custom", pad=[0, 0, padding, padding])
 
     def cast(self, x, dtype: str):
@@ -93,8 +101,9 @@ class Layers:
     def layer_norm(self, x, module: nn.LayerNorm):
         """LayerNorm over channels (axis 1); in fp32 when fp32 islands are on (variance of fp16 overflows)."""
         dt = "fp32" if self.fp32_islands else self.dtype
-        y = self.mb.layer_norm(x=self.cast(x, dt), axes=[1], gamma=self.const(_np(module.weight), dt),
-                               beta=self.const(_np(module.bias), dt), epsilon=self.epsilon(module.eps, dt))
+        y = self.mb.layer_norm(x=self.cast(x, dt), axes=[1], gamma=self.param(module, "gamma", lambda: _np(module.weight), dt),
+                               beta=self.param(module, "beta", lambda: _np(module.bias), dt),
+                               epsilon=self.epsilon(module.eps, dt))
         return self.cast(y, self.dtype)
 
     @staticmethod

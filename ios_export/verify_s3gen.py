@@ -7,6 +7,7 @@ precision (the HiFT body has no fp32 op, source and tail no fp16 arithmetic), an
 target every quantized flow linear is a blockwise constexpr with MLX's codes.
 """
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .mil_interpreter import Interpreter
 from .t3_package import module_path
 
 MIN_SNR_DB = 30.0
+DUPLICATE_MIN_ELEMENTS = 1024  # smaller consts (scalars, shapes, tiny biases) may repeat harmlessly
 COMMON_OPS = {"const", "cast", "add", "sub", "mul", "real_div", "reshape", "expand_dims", "squeeze", "concat",
               "slice_by_index", "conv", "pad", "identity"}
 FLOW_OPS = COMMON_OPS | {"constexpr_blockwise_shift_scale", "gather", "transpose", "tile", "layer_norm", "matmul",
@@ -57,6 +59,10 @@ def structure(interp: Interpreter, allowed: set, quantized_paths: set = frozense
         path = module_path(src.name.removesuffix("__2d"))
         if path in quantized_paths:
             not_blockwise.append(path)
+    # A weight written twice (e.g. once per unrolled Euler step) would multiply the package size.
+    weights = [op.outputs[0].val for op in fn.operations if op.op_type == "const"]
+    digests = Counter(hashlib.sha1(np.ascontiguousarray(w).tobytes()).hexdigest() for w in weights
+                      if isinstance(w, np.ndarray) and w.size >= DUPLICATE_MIN_ELEMENTS)
     arithmetic = Counter(_dtype_name(op.outputs[0]) for op in fn.operations
                          if op.outputs and not op.op_type.startswith("const") and op.op_type != "cast")
     return {"ops": len(types), "op_counts": dict(Counter(types)),
@@ -65,11 +71,13 @@ def structure(interp: Interpreter, allowed: set, quantized_paths: set = frozense
             "dynamic_shapes": [n for n, v in fn.inputs.items()
                                if any(not isinstance(d, (int, np.integer)) for d in v.shape)],
             "arithmetic_dtypes": dict(arithmetic), "linears_not_blockwise": sorted(set(not_blockwise)),
-            "blockwise_ops": types.count("constexpr_blockwise_shift_scale")}
+            "blockwise_ops": types.count("constexpr_blockwise_shift_scale"),
+            "duplicate_weights": sum(n - 1 for n in digests.values())}
 
 
 def structure_ok(s: dict) -> bool:
-    return not (s["unexpected_ops"] or s["random_ops"] or s["dynamic_shapes"] or s["linears_not_blockwise"])
+    return not (s["unexpected_ops"] or s["random_ops"] or s["dynamic_shapes"] or s["linears_not_blockwise"]
+                or s["duplicate_weights"])
 
 
 def flow_inputs(flow, entry: dict, seed: int = 0) -> dict:

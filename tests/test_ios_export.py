@@ -109,7 +109,8 @@ def test_verify_s3gen_bundle(report):
     # The fp32 source stage (F0, SineGen phase with a nonzero start, STFT) is far tighter than fp16.
     assert hift["numerics"]["source_stft_snr_db"] >= 60 and hift["numerics"]["f0_max_rel_err"] <= 1e-5
     for s in [flow["structure"], *hift["structure"].values()]:
-        assert not (s["unexpected_ops"] or s["random_ops"] or s["dynamic_shapes"] or s["linears_not_blockwise"]), s
+        assert not (s["unexpected_ops"] or s["random_ops"] or s["dynamic_shapes"] or s["linears_not_blockwise"]
+                    or s["duplicate_weights"]), s
     assert flow["structure"]["op_counts"]["softmax"] > 0 and flow["structure"]["blockwise_ops"] > 0
     assert flow["codes"]["codes_equal"] and flow["codes"]["blockwise_ops"] == flow["structure"]["blockwise_ops"]
     assert set(hift["structure"]["hift_body"]["arithmetic_dtypes"]) == {"fp16"}
