@@ -69,3 +69,11 @@ def test_fp32_components_keep_plain_linears():
     holder.layers = [nn.Linear(64, 64)]
     quant.apply(holder, 32, 64)
     assert type(holder.layers[0]) is nn.Linear
+
+
+def test_exp_matches_mlx():
+    from nightingale_mlx.models.cpu_kernels import exp
+
+    x = mx.linspace(-80, 20, 10_001)
+    np.testing.assert_allclose(np.array(exp(x)), np.array(mx.exp(x)), rtol=1e-5)
+    assert exp(x.astype(mx.float16)).dtype == mx.float16

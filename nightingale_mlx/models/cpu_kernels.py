@@ -1,11 +1,12 @@
-"""Attention and GELU as S3Gen calls them, with fast paths for MLX's CPU backend.
+"""S3Gen's attention, GELU and exp, and reduced-precision Linear layers, with fast paths for MLX's CPU backend.
 
 On the CPU backend MLX evaluates exp and erf one scalar at a time (~20-45 ns per element), and
 S3Gen's CFM spends most of its time in them: the attention softmax over (2, 8, T, T) scores in 56
 transformer blocks per Euler step, and the exact GELU of their feed-forwards. There:
 - attention runs in numpy (SIMD exp, its own multithreaded BLAS), the softmax split over two
   threads: 4-5x faster than `mx.fast.scaled_dot_product_attention` at S3Gen's shapes;
-- GELU uses a compiled rational erf of arithmetic ops only (abs err <= 4e-7): ~5x faster.
+- GELU uses a compiled rational erf of arithmetic ops only (abs err <= 4e-7): ~5x faster;
+- Mish's one exp is numpy's.
 Other devices use MLX's own kernels. `bench/` measures both; parity tests cover the CPU path.
 """
 
@@ -57,6 +58,13 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: Optiona
         scores += f32(bias)
     _softmax_rows_(scores)
     return mx.array(scores @ f32(v)).astype(q.dtype)
+
+
+def exp(x: mx.array) -> mx.array:
+    """Elementwise exp; numpy's SIMD exp on the CPU (evaluates x there)."""
+    if not on_cpu() or x.dtype != mx.float32:
+        return mx.exp(x)
+    return mx.array(np.exp(np.array(x)))
 
 
 # Rational approximation of erf on [-4, 4] (erf is 1 to fp32 precision beyond): x P(x^2) / Q(x^2).

@@ -13,7 +13,7 @@ import mlx.nn as nn
 
 from ..config import FlowConfig
 from .conformer import Placeholder
-from .cpu_kernels import attention, gelu
+from .cpu_kernels import attention, exp, gelu
 
 TIME_SCALE = 1000.0  # SinusoidalPosEmb.forward(scale=1000): t in [0, 1] spans 1000 "steps"
 NORM_EPS = 1e-5  # torch LayerNorm default (block norms, transformer norm1 / norm3)
@@ -47,7 +47,7 @@ def mish(x: mx.array) -> mx.array:
 
     Same values as torch's Mish to fp32 rounding, at a third of the transcendental work on CPU.
     """
-    e = mx.exp(mx.minimum(x, MISH_LINEAR_ABOVE))
+    e = exp(mx.minimum(x, MISH_LINEAR_ABOVE))
     n = e * (e + 2)
     return mx.where(x > MISH_LINEAR_ABOVE, x, x * n / (n + 2))
 
