@@ -231,14 +231,20 @@ def test_context_must_fit(exported, tmp_path):
         build_t3_package(t3, tmp_path / "t3.mlpackage", 40, [16], tmp_path)
 
 
+def _full_checkpoint() -> Path:
+    """The full-size random English checkpoint that bench.compare_reference caches (made with the
+    reference env on first use; ~3 GB)."""
+    from bench.compare_reference import checkpoint
+
+    return checkpoint("full", "en", 0)
+
+
 @pytest.mark.slow
 def test_full_size_q4_t3(tmp_path):
-    """Full-size random en T3 at q4: numerics, codes, and weights <= 32% of fp32 (uses /tmp/full_en)."""
+    """Full-size random en T3 at q4: numerics, codes, and weights <= 32% of fp32."""
     from convert.convert import convert
 
-    checkpoint = Path("/tmp/full_en")
-    if not (checkpoint / "t3_cfg.safetensors").is_file():
-        pytest.skip("make a full-size checkpoint first: tests/reference/make_checkpoint.py --size full --variant en")
+    checkpoint = _full_checkpoint()
     model = convert(checkpoint, tmp_path / "model", variant="en", quantize="q4", components=["t3"])
     bundle = export_ios(model, tmp_path / "full.nightingale", context=512, text_slots=[64])
     report = verify(bundle, model)
@@ -248,14 +254,12 @@ def test_full_size_q4_t3(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_q4_bundle_s3gen(tmp_path):
-    """Full-size random en at q4, default chunk shapes: flow mel and HiFT waveform >= 30 dB (uses /tmp/full_en).
+    """Full-size random en at q4, default chunk shapes: flow mel and HiFT waveform >= 30 dB.
 
     Not run in CI: the interpreter evaluates a ~75k-op flow graph in numpy (minutes)."""
     from convert.convert import convert
 
-    checkpoint = Path("/tmp/full_en")
-    if not (checkpoint / "s3gen.safetensors").is_file():
-        pytest.skip("make a full-size checkpoint first: tests/reference/make_checkpoint.py --size full --variant en")
+    checkpoint = _full_checkpoint()
     model = convert(checkpoint, tmp_path / "model", variant="en", quantize="q4", components=["t3", "s3gen"])
     bundle = export_ios(model, tmp_path / "full.nightingale", context=512, text_slots=[64])
     report = verify(bundle, model)

@@ -48,6 +48,8 @@ def conv_transpose1d(x: mx.array, weight: mx.array, stride: int, padding: int) -
     shapes. Each input frame emits K taps at offset t * stride; taps are grouped into m = ceil(K /
     stride) blocks of `stride` samples, and block j of frame t lands on output block t + j.
     """
+    dtype = x.dtype
+    x, weight = x.astype(mx.float32), weight.astype(mx.float32)  # MLX's CPU fp16 matmul is ~40x slower than BLAS
     B, T, _ = x.shape
     O, K, I = weight.shape
     m = -(-K // stride)
@@ -59,7 +61,7 @@ def conv_transpose1d(x: mx.array, weight: mx.array, stride: int, padding: int) -
         part = mx.pad(y[:, :, j], [(0, 0), (j, m - 1 - j), (0, 0), (0, 0)])  # (B, T + m - 1, s, O)
         out = part if out is None else out + part
     length = (T - 1) * stride + K - 2 * padding
-    return out.reshape(B, (T + m - 1) * stride, O)[:, padding : padding + length]
+    return out.reshape(B, (T + m - 1) * stride, O)[:, padding : padding + length].astype(dtype)
 
 
 def dilated_conv1d(x: mx.array, weight: mx.array, dilation: int, padding: int) -> mx.array:
@@ -67,6 +69,8 @@ def dilated_conv1d(x: mx.array, weight: mx.array, dilation: int, padding: int) -
 
     MLX's CPU kernel for dilated convolutions is ~20-70x slower than this at HiFT's shapes.
     """
+    dtype = x.dtype
+    x, weight = x.astype(mx.float32), weight.astype(mx.float32)  # as in conv_transpose1d
     O, K, _ = weight.shape
     x = mx.pad(x, [(0, 0), (padding, padding), (0, 0)])
     T = x.shape[1] - dilation * (K - 1)
@@ -74,7 +78,7 @@ def dilated_conv1d(x: mx.array, weight: mx.array, dilation: int, padding: int) -
     for k in range(K):
         part = x[:, k * dilation : k * dilation + T] @ weight[:, k].T
         out = part if out is None else out + part
-    return out
+    return out.astype(dtype)
 
 
 class ConvTranspose1d(nn.Module):
