@@ -179,7 +179,8 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
                               f"torch file or not a checkpoint at all; re-save it with a recent torch")
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+    # NotImplementedError: a corrupted "version needed" field reads as an unsupported zip feature.
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise CheckpointError(f"{path.name} is truncated or corrupt ({e}); {_REDOWNLOAD}") from None
 
 

@@ -346,3 +346,16 @@ def test_safetensors_bad_json_and_lengths(tmp_path):
     _safetensors(path, {"__metadata__": {"n": 1}}, b"")
     with pytest.raises(CheckpointError, match="map of strings"):
         safetensors_metadata(path)
+
+
+def test_zip_with_unsupported_version_field_is_a_checkpoint_error(tmp_path, fixtures_dir):
+    """Found by the bit-flip fuzzer: a corrupted 'version needed to extract' reads as an unsupported
+    zip feature (NotImplementedError inside zipfile); it must be the usual one-line error."""
+    data = bytearray((fixtures_dir / "checkpoint" / "state_dict.pt").read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    central = struct.unpack_from("<I", data, end + 16)[0]  # offset of the first central directory entry
+    struct.pack_into("<H", data, central + 6, 64)  # version needed to extract: 6.4
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_pt(bad)
