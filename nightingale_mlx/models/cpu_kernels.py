@@ -95,37 +95,48 @@ def gelu(x: mx.array) -> mx.array:
     return _gelu_rational(x.astype(mx.float32)).astype(x.dtype)  # fp32: the coefficients underflow fp16
 
 
-# MLX's CPU matmuls in fp16 and its quantized matmuls with many rows run ~40x slower than fp32
-# BLAS (828 x 256 x 1024: 485 / 640 ms against 11 ms). Reduced-precision components therefore use
-# these Linear layers: products of >= BLAS_MIN_ROWS rows on the CPU cast or dequantize the weight to
-# fp32 for that one product (a transient copy: the stored weights stay small). Matrix-vector
-# products (T3 decode) keep MLX's own kernels, which read fewer bytes. Other devices are unchanged.
+# MLX's CPU kernels with fp16 inputs are slow: an fp16 matmul or a quantized matmul of many rows
+# runs ~40x slower than fp32 BLAS (828 x 256 x 1024: 485 / 640 ms against 11 ms), and a quantized
+# matrix-vector product with fp16 activations ~25x slower than with fp32 ones (2 x 1024 x 4096:
+# ~330 against ~13 ms). Reduced-precision components therefore use these Linear layers, which on
+# the CPU compute in fp32 from the stored fp16/quantized weights: products of >= BLAS_MIN_ROWS rows
+# cast or dequantize the weight for that one BLAS product (a transient copy; the stored weights stay
+# small), fewer rows (T3 decode) run MLX's quantized kernel on fp32 activations. Other devices are
+# unchanged.
 BLAS_MIN_ROWS = 16
 
+F32 = mx.float32
 
-def _blas_rows(x: mx.array) -> bool:
-    return on_cpu() and x.size >= BLAS_MIN_ROWS * x.shape[-1]
+
+def _many_rows(x: mx.array) -> bool:
+    return x.size >= BLAS_MIN_ROWS * x.shape[-1]
 
 
 class BlasLinear(nn.Linear):
     def __call__(self, x: mx.array) -> mx.array:
-        if x.dtype == mx.float32 and self.weight.dtype == mx.float32 or not _blas_rows(x):
+        if not on_cpu() or x.dtype == F32 and self.weight.dtype == F32:
             return super().__call__(x)
-        y = x.astype(mx.float32) @ self.weight.astype(mx.float32).T
+        y = x.astype(F32) @ self.weight.astype(F32).T
         if "bias" in self:
-            y = y + self.bias.astype(mx.float32)
+            y = y + self.bias.astype(F32)
         return y.astype(x.dtype)
 
 
 class BlasQuantizedLinear(nn.QuantizedLinear):
     def __call__(self, x: mx.array) -> mx.array:
-        if not _blas_rows(x):
+        if not on_cpu():
             return super().__call__(x)
-        w = mx.dequantize(self.weight, self.scales, self.get("biases"), group_size=self.group_size, bits=self.bits,
-                          mode=self.mode)
-        y = x.astype(mx.float32) @ w.astype(mx.float32).T
+        biases = self.get("biases")
+        biases = None if biases is None else biases.astype(F32)
+        if _many_rows(x):
+            w = mx.dequantize(self.weight, self.scales.astype(F32), biases, group_size=self.group_size,
+                              bits=self.bits, mode=self.mode)
+            y = x.astype(F32) @ w.T
+        else:
+            y = mx.quantized_matmul(x.astype(F32), self.weight, self.scales.astype(F32), biases, transpose=True,
+                                    group_size=self.group_size, bits=self.bits, mode=self.mode)
         if "bias" in self:
-            y = y + self.bias.astype(mx.float32)
+            y = y + self.bias.astype(F32)
         return y.astype(x.dtype)
 
 
