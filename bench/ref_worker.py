@@ -10,7 +10,6 @@ the Perth watermark is not part of the workload (our port does not watermark).
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,13 @@ import numpy as np  # noqa: E402
 import patches  # noqa: E402
 
 SPEECH_CODES, TEXT_LEN = 6561, 60
+
+
+def peak_rss_mb() -> float:
+    """VmHWM, as nightingale_mlx.quality.peak_rss_mb (this env cannot import it): ru_maxrss would
+    report the parent's peak, since it survives fork + exec."""
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
 
 
 def load(ckpt: Path, variant: str):
@@ -89,7 +95,7 @@ def main():
     print(json.dumps({"impl": "chatterbox-tts 0.1.7", "workload": args.workload, "tokens": args.tokens,
                       "cfg_weight": args.cfg, **summary, "runs": runs, "torch": torch.__version__,
                       "threads": torch.get_num_threads(),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 - S3Gen with the same tokens and injected noise (CFM noise, SineGen phases and noise): mel SNR,
   waveform SNR from tokens (flow + HiFT), and HiFT alone on the reference mel;
 - free-running T3 with the same sampler seed: how many tokens agree before the first divergence;
-- size on disk of each dir and peak process RSS (resource.getrusage maxrss) of a fresh subprocess
+- size on disk of each dir and peak process RSS (VmHWM on Linux) of a fresh subprocess
   per model, after loading and after generating.
 
 With random weights the numbers are a proxy for trained ones (bench/quant_sensitivity.py shows how
@@ -53,9 +53,17 @@ def dir_size_bytes(path) -> int:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
+    """Peak resident memory of this process, in MB.
+
+    Linux: VmHWM, the peak of this process image. getrusage's ru_maxrss is not used there: it
+    survives fork + exec, so a fresh worker started by a large parent reports the parent's peak.
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # macOS: ru_maxrss in bytes
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return kib / 1024
 
 
 # --- T3 ---------------------------------------------------------------------------------------
@@ -205,7 +213,7 @@ def _memory_worker(model_dir: str, text: str, steps: int, seed: int) -> Dict:
     loaded = peak_rss_mb()
     audio = tts.generate(text, language="en", seed=seed, max_new_tokens=steps)
     return {"baseline_mb": base, "loaded_mb": loaded, "generate_mb": peak_rss_mb(),
-            "speech_tokens": audio.info["speech_tokens"], "measure": "process peak RSS (getrusage maxrss)"}
+            "speech_tokens": audio.info["speech_tokens"], "measure": "process peak RSS (VmHWM on Linux)"}
 
 
 def report(result: Dict) -> str:

@@ -150,3 +150,20 @@ def test_cli_quality_json_and_memory_worker(models, capsys, monkeypatch):
     mem = quality.peak_memory(models["q4"], steps=4)
     assert 0 < mem["baseline_mb"] <= mem["loaded_mb"] <= mem["generate_mb"]
     assert mem["measure"].startswith("process peak RSS")
+
+
+def test_peak_rss_is_the_workers_own_not_its_parents():
+    """A fresh worker must not inherit its parent's peak (ru_maxrss does, across fork + exec)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from nightingale_mlx.quality import peak_rss_mb
+
+    hog = np.ones(400 * 2**20 // 8)  # this process: >= 400 MB resident
+    assert peak_rss_mb() >= 400
+    child = subprocess.run([sys.executable, "-c", "from nightingale_mlx.quality import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 300, child.stdout  # a bare interpreter with numpy: ~60 MB
+    del hog
