@@ -170,7 +170,8 @@ def _model_args(p, variant_default=None) -> None:
                    help="converted dir, original checkpoint dir, HF repo id, or 'synthetic' (tiny random model, not speech)")
     p.add_argument("--variant", default=variant_default, choices=["en", "mtl-v2", "mtl-v3"],
                    help="for originals (default mtl-v3)")
-    p.add_argument("--quantize", default=None, metavar="RECIPE", help="for originals: fp32|fp16|q8|q4|per-component")
+    p.add_argument("--quantize", default=None, metavar="RECIPE",
+                   help="for originals: fp32|fp16|q8|q4|per-component (default: q8 on Metal, fp32 on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:

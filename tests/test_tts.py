@@ -95,3 +95,14 @@ def test_cli_errors_are_one_line(cache, args, tts):
     run = run_cli(args, cache)
     assert run.returncode == 1
     assert run.stderr.startswith("nightingale: error: ") and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_default_recipe_follows_the_device(monkeypatch):
+    import mlx.core as mx
+
+    from nightingale_mlx import loader
+
+    monkeypatch.setattr(mx.metal, "is_available", lambda: True)
+    assert loader.default_recipe() == "q8"
+    monkeypatch.setattr(mx.metal, "is_available", lambda: False)
+    assert loader.default_recipe() == "fp32"
