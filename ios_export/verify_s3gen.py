@@ -16,6 +16,7 @@ import mlx.nn as nn
 import numpy as np
 
 from nightingale_mlx.audio.stft import stft
+from nightingale_mlx.quality import snr_db
 
 from .hift_package import BODY, SOURCE, TAIL
 from .mil_interpreter import Interpreter
@@ -30,12 +31,6 @@ FLOW_OPS = COMMON_OPS | {"constexpr_blockwise_shift_scale", "gather", "transpose
                          "maximum", "linear"}
 HIFT_OPS = COMMON_OPS | {"elu", "abs", "floor", "cumsum", "sin", "cos", "exp", "minimum", "greater", "reduce_sum",
                          "tanh", "leaky_relu", "conv_transpose", "clip"}
-
-
-def snr_db(got: np.ndarray, ref: np.ndarray) -> float:
-    ref = np.asarray(ref, np.float64)
-    err = np.sum(np.square(np.asarray(got, np.float64) - ref))
-    return float("inf") if err == 0 else float(10 * np.log10(np.sum(np.square(ref)) / err))
 
 
 def _dtype_name(var) -> str:
@@ -115,8 +110,8 @@ def flow_numerics(interp: Interpreter, flow, entry: dict, seed: int = 0):
     got = interp.run("main", tokens=inputs["tokens"], cond=cond, embedding=inputs["embedding"],
                      noise=inputs["noise"].transpose(0, 2, 1))["mel"][0].T
     first = inputs["prompt_feat"].shape[1]
-    report = {"chunk_frames": T, "mel_snr_db": snr_db(got, ref),
-              "generated_frames_snr_db": snr_db(got[first:], ref[first:]),
+    report = {"chunk_frames": T, "mel_snr_db": snr_db(ref, got),
+              "generated_frames_snr_db": snr_db(ref[first:], got[first:]),
               "max_abs_err": float(np.abs(got - ref).max()), "target_db": MIN_SNR_DB}
     report["ok"] = bool(report["mel_snr_db"] >= MIN_SNR_DB)
     return report, ref
@@ -143,8 +138,8 @@ def hift_numerics(interps: dict, hift, entry: dict, mel: np.ndarray, seed: int =
     features = interps[BODY].run("main", mel=mel_t, source_stft=src["source_stft"])["features"]
     wav = interps[TAIL].run("main", features=features)["wav"][0]
     f0 = np.array(f0_ref)
-    report = {"frames": T, "wav_snr_db": snr_db(wav, wav_ref),
-              "source_stft_snr_db": snr_db(src["source_stft"], stft_ref),
+    report = {"frames": T, "wav_snr_db": snr_db(wav_ref, wav),
+              "source_stft_snr_db": snr_db(stft_ref, src["source_stft"][0]),
               "f0_max_rel_err": float(np.abs(src["f0"] - f0).max() / max(np.abs(f0).max(), 1e-9)),
               "clipped_fraction": float(np.mean(np.abs(wav_ref) >= hift.cfg.audio_limit)), "target_db": MIN_SNR_DB}
     report["ok"] = bool(report["wav_snr_db"] >= MIN_SNR_DB)
