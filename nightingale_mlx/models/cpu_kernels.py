@@ -112,14 +112,18 @@ def _many_rows(x: mx.array) -> bool:
     return x.size >= BLAS_MIN_ROWS * x.shape[-1]
 
 
+def _finish(layer: nn.Module, y: mx.array, dtype: mx.Dtype) -> mx.array:
+    """The fp32 product plus the layer's bias, back in the activations' dtype."""
+    if "bias" in layer:
+        y = y + layer.bias.astype(F32)
+    return y.astype(dtype)
+
+
 class BlasLinear(nn.Linear):
     def __call__(self, x: mx.array) -> mx.array:
         if not on_cpu() or x.dtype == F32 and self.weight.dtype == F32:
             return super().__call__(x)
-        y = x.astype(F32) @ self.weight.astype(F32).T
-        if "bias" in self:
-            y = y + self.bias.astype(F32)
-        return y.astype(x.dtype)
+        return _finish(self, x.astype(F32) @ self.weight.astype(F32).T, x.dtype)
 
 
 class BlasQuantizedLinear(nn.QuantizedLinear):
@@ -135,9 +139,7 @@ class BlasQuantizedLinear(nn.QuantizedLinear):
         else:
             y = mx.quantized_matmul(x.astype(F32), self.weight, self.scales.astype(F32), biases, transpose=True,
                                     group_size=self.group_size, bits=self.bits, mode=self.mode)
-        if "bias" in self:
-            y = y + self.bias.astype(F32)
-        return y.astype(x.dtype)
+        return _finish(self, y, x.dtype)
 
 
 def use_blas_linears(module: nn.Module) -> None:
