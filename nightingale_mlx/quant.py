@@ -125,8 +125,7 @@ def apply(module: nn.Module, bits: int, group_size: int) -> List[str]:
     if bits in (8, 4):
         skipped = skipped_layers(module, group_size)
         nn.quantize(module, group_size=group_size, bits=bits, class_predicate=quantizable(group_size))
-    if bits != 32:
-        use_blas_linears(module)
+    use_blas_linears(module)
     return skipped
 
 

@@ -62,13 +62,24 @@ def test_reduced_precision_linears_match_mlx_kernels(bits):
         np.testing.assert_allclose(np.array(got, np.float32), np.array(want, np.float32), atol=2e-2)
 
 
-def test_fp32_components_keep_plain_linears():
+@pytest.mark.parametrize("shape", [(1, 1, 1024), (2, 1, 1024), (1, 3, 64)])  # decode, CFG decode, narrow
+def test_fp32_decode_linears_match_mlx(shape):
+    """Few-row fp32 products take the blocked numpy gemv (two threads once the weight has 512+ rows)."""
     from nightingale_mlx import quant
+    from nightingale_mlx.models.cpu_kernels import BlasLinear
 
     holder = nn.Module()
-    holder.layers = [nn.Linear(64, 64)]
+    holder.layers = [nn.Linear(shape[-1], 1100), nn.Linear(shape[-1], 8, bias=False)]
     quant.apply(holder, 32, 64)
-    assert type(holder.layers[0]) is nn.Linear
+    x = mx.random.normal(shape, key=mx.random.key(3))
+    for layer in holder.layers:
+        assert type(layer) is BlasLinear
+        got, want = layer(x), nn.Linear.__call__(layer, x)
+        assert got.dtype == mx.float32 and got.shape == want.shape
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=1e-5)
+    layer = holder.layers[0]
+    layer.weight = layer.weight * 2  # a replaced weight is seen (the numpy view is cached per array)
+    np.testing.assert_allclose(np.array(layer(x)), np.array(nn.Linear.__call__(layer, x)), rtol=1e-5, atol=1e-5)
 
 
 def test_exp_matches_mlx():

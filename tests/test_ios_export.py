@@ -240,27 +240,18 @@ def _full_checkpoint() -> Path:
 
 
 @pytest.mark.slow
-def test_full_size_q4_t3(tmp_path):
-    """Full-size random en T3 at q4: numerics, codes, and weights <= 32% of fp32."""
-    from convert.convert import convert
+def test_full_size_q4_bundle(tmp_path):
+    """Full-size random en at q4, default shapes: T3 logits over 10 decode steps, codes, weights <= 32%
+    of fp32; flow mel and HiFT waveform >= 30 dB. Prints the verify report (run with -s).
 
-    checkpoint = _full_checkpoint()
-    model = convert(checkpoint, tmp_path / "model", variant="en", quantize="q4", components=["t3"])
-    bundle = export_ios(model, tmp_path / "full.nightingale", context=512, text_slots=[64])
-    report = verify(bundle, model)
-    assert report["ok"], json.dumps(report, indent=1)
-    assert report["t3"]["weight_fraction_of_fp32"] <= 0.32
-
-
-@pytest.mark.slow
-def test_full_size_q4_bundle_s3gen(tmp_path):
-    """Full-size random en at q4, default chunk shapes: flow mel and HiFT waveform >= 30 dB.
-
-    Not run in CI: the interpreter evaluates a ~75k-op flow graph in numpy (minutes)."""
+    Not run in CI: the interpreter evaluates 30 T3 layers and a ~75k-op flow graph in numpy (~40 min)."""
     from convert.convert import convert
 
     checkpoint = _full_checkpoint()
     model = convert(checkpoint, tmp_path / "model", variant="en", quantize="q4", components=["t3", "s3gen"])
     bundle = export_ios(model, tmp_path / "full.nightingale", context=512, text_slots=[64])
     report = verify(bundle, model)
-    assert report["s3gen"]["ok"], json.dumps(report["s3gen"], indent=1)
+    print(json.dumps(report, indent=1))
+    assert report["ok"], json.dumps(report, indent=1)
+    assert report["t3"]["weight_fraction_of_fp32"] <= 0.32
+    assert report["s3gen"]["ok"]

@@ -1,4 +1,4 @@
-"""S3Gen's attention, GELU and exp, and reduced-precision Linear layers, with fast paths for MLX's CPU backend.
+"""S3Gen's attention, GELU and exp, and Linear layers, with fast paths for MLX's CPU backend.
 
 On the CPU backend MLX evaluates exp and erf one scalar at a time (~20-45 ns per element), and
 S3Gen's CFM spends most of its time in them: the attention softmax over (2, 8, T, T) scores in 56
@@ -6,7 +6,9 @@ transformer blocks per Euler step, and the exact GELU of their feed-forwards. Th
 - attention runs in numpy (SIMD exp, its own multithreaded BLAS), the softmax split over two
   threads: 4-5x faster than `mx.fast.scaled_dot_product_attention` at S3Gen's shapes;
 - GELU uses a compiled rational erf of arithmetic ops only (abs err <= 4e-7): ~5x faster;
-- Mish's one exp is numpy's.
+- Mish's one exp is numpy's;
+- Linear layers compute in fp32 BLAS whatever their stored precision, and decode-sized products
+  (a few rows) use numpy's sgemv instead of MLX's sgemm.
 Other devices use MLX's own kernels. `bench/` measures both; parity tests cover the CPU path.
 """
 
@@ -119,11 +121,54 @@ def _finish(layer: nn.Module, y: mx.array, dtype: mx.Dtype) -> mx.array:
     return y.astype(dtype)
 
 
+# Decode-sized products (T3: 1 row, 2 with CFG) reach MLX's CPU matmul as sgemm, which packs the
+# whole weight first: 2 x 1024 x 4096 streams ~3 GB/s. numpy's sgemv streams ~11 GB/s per core; the
+# rows of a weight block are multiplied by every input row while the block sits in L2, and the
+# blocks are split over two threads (numpy releases the GIL).
+GEMV_MAX_ROWS = 4
+GEMV_BLOCK_BYTES = 1 << 19  # a block of fp32 weight rows that stays in a 1 MB L2
+
+
+def _gemv_part(w: np.ndarray, x: np.ndarray, out: np.ndarray, start: int, end: int) -> None:
+    if x.shape[0] == 1:
+        np.dot(w[start:end], x[0], out=out[0, start:end])
+        return
+    step = max(16, GEMV_BLOCK_BYTES // (4 * w.shape[1]))
+    for s in range(start, end, step):
+        e = min(s + step, end)
+        for r in range(x.shape[0]):
+            np.dot(w[s:e], x[r], out=out[r, s:e])
+
+
+def gemv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T for a few fp32 rows x (R, I) and an fp32 weight w (O, I), streaming w once."""
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    half = w.shape[0] // 2
+    if THREADS < 2 or half < 256:
+        _gemv_part(w, x, out, 0, w.shape[0])
+    else:
+        list(_pool().map(lambda r: _gemv_part(w, x, out, *r), ((0, half), (half, w.shape[0]))))
+    return out
+
+
 class BlasLinear(nn.Linear):
     def __call__(self, x: mx.array) -> mx.array:
-        if not on_cpu() or x.dtype == F32 and self.weight.dtype == F32:
+        if not on_cpu():
+            return super().__call__(x)
+        if self.weight.dtype == F32 and x.size <= GEMV_MAX_ROWS * x.shape[-1]:
+            y = gemv(np.asarray(x.astype(F32)).reshape(-1, x.shape[-1]), self._numpy_weight())
+            return _finish(self, mx.array(y).reshape(*x.shape[:-1], -1), x.dtype)
+        if x.dtype == F32 and self.weight.dtype == F32:
             return super().__call__(x)
         return _finish(self, x.astype(F32) @ self.weight.astype(F32).T, x.dtype)
+
+    def _numpy_weight(self) -> np.ndarray:
+        """A zero-copy numpy view of the weight, remade only when the weight array is replaced."""
+        cached = self.__dict__.get("_np_view")
+        if cached is None or cached[0] is not self.weight:
+            cached = (self.weight, np.asarray(self.weight))
+            self.__dict__["_np_view"] = cached
+        return cached[1]
 
 
 class BlasQuantizedLinear(nn.QuantizedLinear):
