@@ -3,6 +3,7 @@
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from convert.checkpoint import CheckpointError
 from safetensors.numpy import save_file
@@ -89,8 +90,6 @@ def test_prepare_voice_accepts_other_rates(models):
 
 def _write_checkpoint(models, directory):
     """Our tiny random models written back in the reference's names (inverse of the sanitizer)."""
-    from mlx.utils import tree_flatten
-
     flat = {k: np.array(v) for k, v in tree_flatten(models.parameters())}
     ve = {}
     for k in range(3):
@@ -122,7 +121,10 @@ def test_strict_load_and_round_trip(tmp_path, models):
     loaded = load_cloning(model_dir, section)
     wav = speechlike(2.0)
     assert np.array_equal(np.array(loaded.tokenizer(wav)), np.array(models.tokenizer(wav)))
-    np.testing.assert_array_equal(np.array(loaded.ve.embed_wav(wav)), np.array(models.ve.embed_wav(wav)))
+    for (name, a), (_, b) in zip(tree_flatten(loaded.parameters()), tree_flatten(models.parameters())):
+        assert np.array_equal(np.array(a), np.array(b)), name
+    # the loaded Linears take the CPU's few-row product kernel (cpu_kernels.gemv): same sums, other order
+    np.testing.assert_allclose(np.array(loaded.ve.embed_wav(wav)), np.array(models.ve.embed_wav(wav)), rtol=1e-5, atol=1e-7)
     with pytest.raises(model_io.ModelDirError, match="no cloning models"):
         load_cloning(model_dir, None)
     bigger = config_section(CloningConfig(voice_encoder=dict(hidden_size=32), s3_tokenizer=TINY.s3_tokenizer.to_dict(),

@@ -14,7 +14,7 @@ def _qkv(shape, dtype=mx.float32):
     return [(2.0 * mx.random.normal(shape, key=k)).astype(dtype) for k in keys]
 
 
-@pytest.mark.parametrize("T", [7, 300])  # 300: 2 x 8 x 300 x 300 scores take the two-thread softmax
+@pytest.mark.parametrize("T", [7, 300])  # 300: 2 x 8 x 300 x 300 scores are split over two threads
 def test_attention_matches_fused_kernel(T):
     assert cpu_kernels.on_cpu()
     q, k, v = _qkv((2, 8, T, 16))
@@ -24,6 +24,14 @@ def test_attention_matches_fused_kernel(T):
         want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=b)
         assert got.shape == want.shape and got.dtype == mx.float32
         np.testing.assert_allclose(np.array(got), np.array(want), atol=2e-5)  # MLX exp: 2e-6 rel
+
+
+def test_attention_one_query_over_a_longer_cache():
+    """T3's decode step: one query row per (batch, head) against every cached key."""
+    q, _, _ = _qkv((2, 16, 1, 64))
+    _, k, v = _qkv((2, 16, 37, 64))
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125)
+    np.testing.assert_allclose(np.array(attention(q, k, v, 0.125)), np.array(want), atol=2e-5)
 
 
 def test_attention_keeps_fp16():

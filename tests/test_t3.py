@@ -107,3 +107,21 @@ def test_eos_ends_generation_without_being_yielded(model):
     forced = iter([7, 8, 6562, 9])
     sampler = lambda logits: mx.array([next(forced)])
     assert list(model.inference(cond, TEXT, SamplingParams(max_new_tokens=10), sampler=sampler)) == [7, 8]
+
+
+def test_decode_attention_matches_mlx_lm(model):
+    """The CPU decode step's numpy attention over the KV cache equals mlx-lm's Attention."""
+    from mlx_lm.models.cache import KVCache
+    from mlx_lm.models.llama import Attention
+
+    attn = model.tfmr.layers[0].self_attn
+    D = model.cfg.hidden_size
+    ours, theirs = KVCache(), KVCache()
+    prompt = mx.random.normal((2, 9, D), key=mx.random.key(0))
+    mask = "causal"
+    mx.eval(attn(prompt, mask, ours), Attention.__call__(attn, prompt, mask, theirs))
+    for step in range(3):
+        x = mx.random.normal((2, 1, D), key=mx.random.key(step + 1))
+        got, want = attn(x, None, ours), Attention.__call__(attn, x, None, theirs)
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-5)
+    assert ours.offset == theirs.offset == 12

@@ -3,8 +3,8 @@
 On the CPU backend MLX evaluates exp and erf one scalar at a time (~20-45 ns per element), and
 S3Gen's CFM spends most of its time in them: the attention softmax over (2, 8, T, T) scores in 56
 transformer blocks per Euler step, and the exact GELU of their feed-forwards. There:
-- attention runs in numpy (SIMD exp, its own multithreaded BLAS), the softmax split over two
-  threads: 4-5x faster than `mx.fast.scaled_dot_product_attention` at S3Gen's shapes;
+- attention runs in numpy (SIMD exp), its (batch, head) pairs split over two threads: 4-5x faster
+  than `mx.fast.scaled_dot_product_attention` at S3Gen's shapes (T3 uses it for decode steps);
 - GELU uses a compiled rational erf of arithmetic ops only (abs err <= 4e-7): ~5x faster;
 - Mish's one exp is numpy's;
 - Linear layers compute in fp32 BLAS whatever their stored precision, and decode-sized products
@@ -12,8 +12,11 @@ transformer blocks per Euler step, and the exact GELU of their feed-forwards. Th
 Other devices use MLX's own kernels. `bench/` measures both; parity tests cover the CPU path.
 """
 
+import ctypes
+import glob
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import lru_cache, partial
 from typing import Optional
 
@@ -21,7 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-SOFTMAX_SPLIT_MIN = 1 << 20  # below ~1M scores a second thread costs more than it saves
+SPLIT_MIN_SCORES = 1 << 18  # below ~256k attention scores a second thread costs more than it saves
 THREADS = min(2, os.cpu_count() or 1)
 
 
@@ -31,7 +34,49 @@ def on_cpu() -> bool:
 
 @lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=THREADS)
+    return ThreadPoolExecutor(max_workers=THREADS, initializer=_single_threaded_numpy_blas)
+
+
+def _single_threaded_numpy_blas() -> Optional[int]:
+    """Sets this thread's numpy BLAS to one thread; returns the previous count (None: no OpenBLAS)."""
+    lib = _numpy_openblas()
+    return None if lib is None else lib.openblas_set_num_threads_local(1)
+
+
+@lru_cache(maxsize=1)
+def _numpy_openblas():
+    """numpy's bundled OpenBLAS (Linux wheels), or None (other builds: nothing to tune)."""
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*.so*"))
+    try:
+        lib = ctypes.CDLL(libs[0]) if libs else None
+        return lib if lib is not None and hasattr(lib, "openblas_set_num_threads_local") else None
+    except OSError:
+        return None
+
+
+@contextmanager
+def _own_threads():
+    """Runs numpy's BLAS single-threaded while our kernels split work over THREADS themselves.
+
+    numpy's OpenBLAS and MLX's are two libraries with two spinning thread pools: left at two
+    threads each on a 2-core machine they slow S3Gen ~1.7x and T3 decode ~1.2x (measured).
+    """
+    previous = _single_threaded_numpy_blas()  # the pool's threads are set once, at their start
+    try:
+        yield
+    finally:
+        if previous is not None:
+            _numpy_openblas().openblas_set_num_threads_local(previous)
+
+
+def _split(n: int, work, parallel: bool) -> None:
+    """work(lo, hi) over [0, n): two halves on two threads (numpy releases the GIL), or one call."""
+    if not parallel or THREADS < 2 or n < 2:
+        work(0, n)
+        return
+    other = _pool().submit(work, n // 2, n)
+    work(0, n // 2)  # this thread takes the first half
+    other.result()
 
 
 def _softmax_(a: np.ndarray) -> None:
@@ -41,25 +86,29 @@ def _softmax_(a: np.ndarray) -> None:
     a *= 1.0 / a.sum(axis=-1, keepdims=True)
 
 
-def _softmax_rows_(scores: np.ndarray) -> None:
-    rows = scores.reshape(-1, scores.shape[-1])
-    if rows.size < SOFTMAX_SPLIT_MIN or THREADS < 2:
-        _softmax_(rows)
-        return
-    half = rows.shape[0] // 2  # numpy releases the GIL in exp and the reductions
-    list(_pool().map(_softmax_, (rows[:half], rows[half:])))
-
-
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: Optional[mx.array] = None) -> mx.array:
-    """softmax(scale q k^T + bias) v for (B, H, T, d) inputs; bias broadcasts to (B, H, T, T)."""
+    """softmax(scale q k^T + bias) v for (B, H, Tq, d) queries and (B, H, Tk, d) keys and values;
+    bias broadcasts to (B, H, Tq, Tk). On the CPU the (batch, head) pairs are split over two threads."""
     if not on_cpu():
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
     f32 = lambda a: np.array(a.astype(mx.float32))  # noqa: E731  (evaluates; fp16 flows run fp32 here)
-    scores = (f32(q) * np.float32(scale)) @ f32(k).swapaxes(-1, -2)
-    if bias is not None:
-        scores += f32(bias)
-    _softmax_rows_(scores)
-    return mx.array(scores @ f32(v)).astype(q.dtype)
+    B, H, Tq, _ = q.shape
+    Tk = k.shape[2]
+    qs = (f32(q) * np.float32(scale)).reshape(B * H, Tq, -1)
+    ks, vs = f32(k).reshape(B * H, Tk, -1), f32(v).reshape(B * H, Tk, -1)
+    bs = None if bias is None else np.broadcast_to(f32(bias), (B, H, Tq, Tk)).reshape(B * H, Tq, Tk)
+    out = np.empty((B * H, Tq, vs.shape[-1]), np.float32)
+
+    def part(lo: int, hi: int) -> None:
+        scores = qs[lo:hi] @ ks[lo:hi].swapaxes(-1, -2)
+        if bs is not None:
+            scores += bs[lo:hi]
+        _softmax_(scores)
+        np.matmul(scores, vs[lo:hi], out=out[lo:hi])
+
+    with _own_threads():
+        _split(B * H, part, B * H * Tq * Tk >= SPLIT_MIN_SCORES)
+    return mx.array(out.reshape(B, H, Tq, -1)).astype(q.dtype)
 
 
 def exp(x: mx.array) -> mx.array:
@@ -143,11 +192,8 @@ def _gemv_part(w: np.ndarray, x: np.ndarray, out: np.ndarray, start: int, end: i
 def gemv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x @ w.T for a few fp32 rows x (R, I) and an fp32 weight w (O, I), streaming w once."""
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    half = w.shape[0] // 2
-    if THREADS < 2 or half < 256:
-        _gemv_part(w, x, out, 0, w.shape[0])
-    else:
-        list(_pool().map(lambda r: _gemv_part(w, x, out, *r), ((0, half), (half, w.shape[0]))))
+    with _own_threads():
+        _split(w.shape[0], lambda lo, hi: _gemv_part(w, x, out, lo, hi), w.shape[0] >= 512)
     return out
 
 
