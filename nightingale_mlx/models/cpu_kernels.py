@@ -91,7 +91,9 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: Optiona
     bias broadcasts to (B, H, Tq, Tk). On the CPU the (batch, head) pairs are split over two threads."""
     if not on_cpu():
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
-    f32 = lambda a: np.array(a.astype(mx.float32))  # noqa: E731  (evaluates; fp16 flows run fp32 here)
+    # Evaluates; zero-copy (strided) views of fp32 inputs: copying a fresh KV-cache slice costs ~1 ms
+    # in page faults here. fp16 flows run in fp32.
+    f32 = lambda a: np.asarray(a if a.dtype == mx.float32 else a.astype(mx.float32))  # noqa: E731
     B, H, Tq, _ = q.shape
     Tk = k.shape[2]
     qs = (f32(q) * np.float32(scale)).reshape(B * H, Tq, -1)
