@@ -124,7 +124,8 @@ def test_strict_load_and_round_trip(tmp_path, models):
     for (name, a), (_, b) in zip(tree_flatten(loaded.parameters()), tree_flatten(models.parameters())):
         assert np.array_equal(np.array(a), np.array(b)), name
     # the loaded Linears take the CPU's few-row product kernel (cpu_kernels.gemv): same sums, other order
-    np.testing.assert_allclose(np.array(loaded.ve.embed_wav(wav)), np.array(models.ve.embed_wav(wav)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.array(loaded.ve.embed_wav(wav)), np.array(models.ve.embed_wav(wav)),
+                               rtol=1e-5, atol=1e-7)
     with pytest.raises(model_io.ModelDirError, match="no cloning models"):
         load_cloning(model_dir, None)
     bigger = config_section(CloningConfig(voice_encoder=dict(hidden_size=32), s3_tokenizer=TINY.s3_tokenizer.to_dict(),

@@ -59,7 +59,7 @@ def _own_threads():
     """Runs numpy's BLAS single-threaded while our kernels split work over THREADS themselves.
 
     numpy's OpenBLAS and MLX's are two libraries with two spinning thread pools: left at two
-    threads each on a 2-core machine they slow S3Gen ~1.7x and T3 decode ~1.2x (measured).
+    threads each on a 2-core machine they slowed S3Gen ~1.7x and T3 decode ~1.3x (measured).
     """
     previous = _single_threaded_numpy_blas()  # the pool's threads are set once, at their start
     try:
@@ -204,7 +204,7 @@ class BlasLinear(nn.Linear):
         if not on_cpu():
             return super().__call__(x)
         if self.weight.dtype == F32 and x.size <= GEMV_MAX_ROWS * x.shape[-1]:
-            y = gemv(np.asarray(x.astype(F32)).reshape(-1, x.shape[-1]), self._numpy_weight())
+            y = gemv(np.asarray(x if x.dtype == F32 else x.astype(F32)).reshape(-1, x.shape[-1]), self._numpy_weight())
             return _finish(self, mx.array(y).reshape(*x.shape[:-1], -1), x.dtype)
         if x.dtype == F32 and self.weight.dtype == F32:
             return super().__call__(x)
