@@ -244,7 +244,7 @@ def test_full_size_q4_bundle(tmp_path):
     """Full-size random en at q4, default shapes: T3 logits over 10 decode steps, codes, weights <= 32%
     of fp32; flow mel and HiFT waveform >= 30 dB. Prints the verify report (run with -s).
 
-    Not run in CI: the interpreter evaluates 30 T3 layers and a ~75k-op flow graph in numpy (~40 min)."""
+    Not run in CI: the interpreter evaluates 30 T3 layers and a ~52k-op flow graph in numpy (5-6 min)."""
     from convert.convert import convert
 
     checkpoint = _full_checkpoint()

@@ -86,19 +86,22 @@ def _softmax_(a: np.ndarray) -> None:
     a *= 1.0 / a.sum(axis=-1, keepdims=True)
 
 
+def _numpy_f32(a: mx.array) -> np.ndarray:
+    """Evaluates `a`; fp32 arrays come back as zero-copy (possibly strided) views: copying a fresh
+    KV-cache slice cost ~1 ms per layer in page faults here."""
+    return np.asarray(a if a.dtype == mx.float32 else a.astype(mx.float32))
+
+
 def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: Optional[mx.array] = None) -> mx.array:
     """softmax(scale q k^T + bias) v for (B, H, Tq, d) queries and (B, H, Tk, d) keys and values;
     bias broadcasts to (B, H, Tq, Tk). On the CPU the (batch, head) pairs are split over two threads."""
     if not on_cpu():
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
-    # Evaluates; zero-copy (strided) views of fp32 inputs: copying a fresh KV-cache slice costs ~1 ms
-    # in page faults here. fp16 flows run in fp32.
-    f32 = lambda a: np.asarray(a if a.dtype == mx.float32 else a.astype(mx.float32))  # noqa: E731
-    B, H, Tq, _ = q.shape
+    B, H, Tq, _ = q.shape  # fp16 flows run in fp32 here
     Tk = k.shape[2]
-    qs = (f32(q) * np.float32(scale)).reshape(B * H, Tq, -1)
-    ks, vs = f32(k).reshape(B * H, Tk, -1), f32(v).reshape(B * H, Tk, -1)
-    bs = None if bias is None else np.broadcast_to(f32(bias), (B, H, Tq, Tk)).reshape(B * H, Tq, Tk)
+    qs = (_numpy_f32(q) * np.float32(scale)).reshape(B * H, Tq, -1)
+    ks, vs = _numpy_f32(k).reshape(B * H, Tk, -1), _numpy_f32(v).reshape(B * H, Tk, -1)
+    bs = None if bias is None else np.broadcast_to(_numpy_f32(bias), (B, H, Tq, Tk)).reshape(B * H, Tq, Tk)
     out = np.empty((B * H, Tq, vs.shape[-1]), np.float32)
 
     def part(lo: int, hi: int) -> None:
@@ -161,8 +164,8 @@ BLAS_MIN_ROWS = 16
 F32 = mx.float32
 
 
-def _many_rows(x: mx.array) -> bool:
-    return x.size >= BLAS_MIN_ROWS * x.shape[-1]
+def _rows(x: mx.array) -> int:
+    return x.size // x.shape[-1]
 
 
 def _finish(layer: nn.Module, y: mx.array, dtype: mx.Dtype) -> mx.array:
@@ -203,8 +206,8 @@ class BlasLinear(nn.Linear):
     def __call__(self, x: mx.array) -> mx.array:
         if not on_cpu():
             return super().__call__(x)
-        if self.weight.dtype == F32 and x.size <= GEMV_MAX_ROWS * x.shape[-1]:
-            y = gemv(np.asarray(x if x.dtype == F32 else x.astype(F32)).reshape(-1, x.shape[-1]), self._numpy_weight())
+        if self.weight.dtype == F32 and _rows(x) <= GEMV_MAX_ROWS:
+            y = gemv(_numpy_f32(x).reshape(-1, x.shape[-1]), self._numpy_weight())
             return _finish(self, mx.array(y).reshape(*x.shape[:-1], -1), x.dtype)
         if x.dtype == F32 and self.weight.dtype == F32:
             return super().__call__(x)
@@ -225,7 +228,7 @@ class BlasQuantizedLinear(nn.QuantizedLinear):
             return super().__call__(x)
         biases = self.get("biases")
         biases = None if biases is None else biases.astype(F32)
-        if _many_rows(x):
+        if _rows(x) >= BLAS_MIN_ROWS:
             w = mx.dequantize(self.weight, self.scales.astype(F32), biases, group_size=self.group_size,
                               bits=self.bits, mode=self.mode)
             y = x.astype(F32) @ w.T
