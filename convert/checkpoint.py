@@ -379,6 +379,15 @@ def read_checkpoint(path) -> dict:
     return reader(path)
 
 
+def read_weights(path) -> dict:
+    """read_checkpoint for conversion: float tensors come back as float32 (fp16, bf16 and fp64
+    checkpoints, such as fine-tunes and re-uploads, convert like fp32 ones; the recipe then sets
+    the stored precision). fp16 -> fp32 is exact."""
+    weights = read_checkpoint(path)
+    return {k: v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.dtype != np.float32
+            else v for k, v in weights.items()}
+
+
 def flatten_state(obj, prefix: str = "") -> dict:
     """Flatten nested dicts (and lists, by index) into dotted keys, dropping None values.
 

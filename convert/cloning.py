@@ -10,14 +10,14 @@ from nightingale_mlx.config import CloningConfig, ModelConfig
 from nightingale_mlx.voice import CLONING_FILE, CloningModels
 
 from .checkpoint import find_checkpoint_file as find_file
-from .checkpoint import read_checkpoint
+from .checkpoint import read_weights
 from .sanitize.cloning import cloning_dims, sanitize_cloning
 
 def convert_cloning(checkpoint, variant: str, recipe: quant.Recipe) -> Tuple[CloningModels, CloningConfig]:
     """Original `ve.*` + `s3gen.*` -> CloningModels (strictly loaded, in the recipe's precision)."""
     checkpoint = Path(checkpoint)
     ve_path, s3gen_path = find_file(checkpoint, "ve", variant), find_file(checkpoint, "s3gen", variant)
-    ve, s3gen = read_checkpoint(ve_path), read_checkpoint(s3gen_path)
+    ve, s3gen = read_weights(ve_path), read_weights(s3gen_path)
     cfg = CloningConfig.from_dict(cloning_dims(ve, s3gen))
     models = CloningModels(cfg)
     weights = {k: mx.array(v) for k, v in sanitize_cloning(ve, s3gen).items()}

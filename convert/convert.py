@@ -15,7 +15,7 @@ from nightingale_mlx import model_io, quant
 from nightingale_mlx.config import DEFAULT_PROFILE, T3_CHECKPOINT_FILES, ModelConfig, T3Config
 from nightingale_mlx.models.t3 import T3
 
-from .checkpoint import read_checkpoint
+from .checkpoint import read_weights
 from .sanitize import ConversionError, sanitize_t3, t3_dims
 from .cloning import cloning_step
 from .s3gen import s3gen_step
@@ -41,7 +41,7 @@ def detect_variant(checkpoint: Path, variant: str = "auto") -> str:
 
 
 def convert_t3(checkpoint: Path, variant: str, recipe: quant.Recipe, overrides: Optional[dict] = None):
-    weights = read_checkpoint(checkpoint / T3_CHECKPOINT_FILES[variant])
+    weights = read_weights(checkpoint / T3_CHECKPOINT_FILES[variant])
     dims = t3_dims(weights)
     cfg = T3Config.from_dict({**dims, **(overrides or {})})
     if (variant == "en") == cfg.is_multilingual:

@@ -8,14 +8,14 @@ from nightingale_mlx import model_io, quant
 from nightingale_mlx.config import FlowConfig, HiFTConfig, ModelConfig
 from nightingale_mlx.models.s3gen import S3Gen
 
-from .checkpoint import find_checkpoint_file, read_checkpoint
+from .checkpoint import find_checkpoint_file, read_weights
 from .sanitize.flow import flow_dims, sanitize_flow
 from .sanitize.hift import hift_dims, sanitize_hift
 
 
 def convert_s3gen(checkpoint: Path, variant: str, recipe: quant.Recipe):
     path = find_checkpoint_file(checkpoint, "s3gen", variant)
-    original = read_checkpoint(path)
+    original = read_weights(path)
     flow_w, hift_w = sanitize_flow(original), sanitize_hift(original)
     flow_cfg, hift_cfg = FlowConfig.from_dict(flow_dims(original)), HiFTConfig.from_dict(hift_dims(hift_w))
     model = S3Gen(flow_cfg, hift_cfg)

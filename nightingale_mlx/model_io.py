@@ -76,6 +76,19 @@ def _load_strict(module: nn.Module, weights: Dict[str, mx.array], source) -> Non
     module.load_weights(list(weights.items()), strict=True)
 
 
+def materialize(module: nn.Module) -> None:
+    """Evaluates every array a module holds, private ones too (RoPE tables, windows).
+
+    MLX keeps streams per thread: an array still lazy when loading ends can only be evaluated on
+    the loading thread, so a model loaded on one thread would fail on every other.
+    """
+    arrays = []
+    for _, m in module.named_modules():
+        arrays += [v for v in vars(m).values() if isinstance(v, mx.array)]
+        arrays += [v for v in m.values() if isinstance(v, mx.array)]
+    mx.eval(arrays)
+
+
 def recipe_of(config: ModelConfig) -> quant.Recipe:
     try:
         return quant.Recipe.from_dict(config.quantization)
@@ -96,7 +109,7 @@ def load_t3(model_dir: Path, config: ModelConfig = None) -> Tuple[T3, ModelConfi
     _apply_recipe(model, "t3", config, recipe, model_dir)
     load_weights(model, Path(model_dir) / T3_FILE)
     model.eval()
-    mx.eval(model.parameters())
+    materialize(model)
     return model, config
 
 
@@ -113,5 +126,5 @@ def load_s3gen(model_dir: Path, config: ModelConfig = None):
     _apply_recipe(model.mel2wav, "hift", config, recipe, model_dir)
     load_weights(model, Path(model_dir) / S3GEN_FILE)
     model.eval()
-    mx.eval(model.parameters())
+    materialize(model)
     return model

@@ -268,7 +268,8 @@ def boundary_hf_ratio(samples: np.ndarray, boundaries: Iterable[int], sample_rat
 def stream_speech(tts, sentences, language, voice, exaggeration, params, seed, first_chunk_tokens, chunk_tokens,
                   max_new_tokens=None, config=None) -> Iterator[AudioChunk]:
     """TTS.stream's generator (arguments already checked): sentence by sentence as generate(),
-    with generate()'s keys per sentence, so a seed gives generate()'s speech tokens."""
+    with generate()'s keys per sentence, so a seed gives generate()'s speech tokens. TTS.stream
+    advances it under the model's lock and on its stream (TTS.running)."""
     from .tts import SENTENCE_PAUSE_S, trim_trailing_silence
 
     t0 = time.perf_counter()
@@ -284,12 +285,7 @@ def stream_speech(tts, sentences, language, voice, exaggeration, params, seed, f
                                chunk_tokens=chunk_tokens, config=config, drop_last_token=tts.profile.drop_last_token,
                                clock_start=t0)
         try:
-            while True:
-                with tts._lock:  # held while computing, released while the caller has the chunk
-                    piece = next(pieces, None)
-                if piece is None:
-                    break
-                samples, final, tokens_ready, audio_ready = piece
+            for samples, final, tokens_ready, audio_ready in pieces:
                 last = final and i == len(sentences) - 1
                 if final:
                     # The end-of-speech guard can only trim the part not yet handed out.

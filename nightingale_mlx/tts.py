@@ -4,6 +4,7 @@ import functools
 import math
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
@@ -29,15 +30,33 @@ SILENCE_TOP_DB, SILENCE_TAIL_S = 40.0, 0.1
 
 
 def _serialized(method):
-    """Runs `method` under the model's lock: MLX evaluation from several threads at once is not
-    safe on every backend, and the lazy loads and caches below are shared (docs/reliability.md)."""
+    """Runs `method` under the model's lock and on its stream (TTS.running)."""
 
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
-        with self._lock:
+        with self.running():
             return method(self, *args, **kwargs)
 
     return locked
+
+
+class _SerializedIterator:
+    """Advances a generator one step at a time under the model's lock and on its stream; the lock
+    is released while the caller holds an item, and any thread may ask for the next one."""
+
+    def __init__(self, tts: "TTS", gen):
+        self._tts, self._gen = tts, gen
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._tts.running():
+            return next(self._gen)
+
+    def close(self) -> None:
+        with self._tts.running():
+            self._gen.close()
 
 
 def check_generate_args(text, exaggeration, seed, max_new_tokens) -> None:
@@ -55,7 +74,8 @@ def check_generate_args(text, exaggeration, seed, max_new_tokens) -> None:
 class TTS:
     """A loaded model. Build it with `nightingale_mlx.load()`.
 
-    One TTS may be shared by threads: generate() and prepare_voice() take turns under a lock.
+    One TTS may be shared by threads, and used from any thread: generate(), prepare_voice() and
+    each step of stream() take turns under a lock, on one stream of the model's own.
     """
 
     sample_rate = S3GEN_SR
@@ -72,7 +92,17 @@ class TTS:
         self._cloning = None
         self._default_voice = None
         self._cond_cache = None  # (voice, exaggeration, conditioning tokens)
-        self._lock = threading.RLock()  # see _serialized
+        self._lock = threading.RLock()  # see running()
+        # MLX streams are per thread (0.31.2+): an array made on one thread's stream cannot be
+        # evaluated on another. The model computes on a stream usable from any thread instead.
+        self._stream = mx.new_thread_unsafe_stream(mx.default_device())
+
+    @contextmanager
+    def running(self):
+        """The model's lock, and its stream as the default: MLX evaluation from several threads
+        at once is not safe on every backend, and the caches below are shared (docs/reliability.md)."""
+        with self._lock, mx.stream(self._stream):
+            yield
 
     @property
     def variant(self) -> str:
@@ -222,8 +252,8 @@ class TTS:
         sentences = split_text(text, language)
         if not sentences:
             raise ValueError("text is empty; give some words to speak")
-        return stream_speech(self, sentences, language, voice, exaggeration, params, seed, first_chunk_tokens,
-                             chunk_tokens, max_new_tokens, stream_config)
+        return _SerializedIterator(self, stream_speech(self, sentences, language, voice, exaggeration, params, seed,
+                                                       first_chunk_tokens, chunk_tokens, max_new_tokens, stream_config))
 
 
 def trim_trailing_silence(wav: np.ndarray, sample_rate: int) -> np.ndarray:

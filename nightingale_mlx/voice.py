@@ -67,6 +67,7 @@ class Voice:
             if value.ndim != rank or value.shape[0] != 1:
                 raise VoiceError(f"voice {f.name}: expected rank {rank} with batch 1, got shape {value.shape}")
             setattr(self, f.name, value.astype(dtype))
+        mx.eval([getattr(self, f.name) for f in fields(self)])  # usable from any thread (model_io.materialize)
 
     def save(self, path) -> Path:
         """Writes the voice as safetensors (metadata kind=voice), atomically."""
@@ -120,7 +121,7 @@ def load_cloning(model_dir, config_section) -> CloningModels:
     quant.apply(models, int(config_section.get("bits", 32)), int(config_section.get("group_size", 64)))
     model_io.load_weights(models, Path(model_dir) / CLONING_FILE)
     models.eval()
-    mx.eval(models.parameters())
+    model_io.materialize(models)
     return models
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 from mlx.utils import tree_flatten
 from safetensors.numpy import save_file
 
@@ -14,15 +15,16 @@ def tiny_t3_config(**kw) -> T3Config:
     return T3Config(**{**TINY_T3, "alignment_heads": [[3, 1], [2, 0], [1, 1]], **kw})
 
 
-def write_original_t3(directory: Path, variant: str = "mtl-v2", seed: int = 0, drop=(), extra=None) -> Path:
-    """A tiny T3 checkpoint with the reference's key names, as a safetensors file."""
+def write_original_t3(directory: Path, variant: str = "mtl-v2", seed: int = 0, drop=(), extra=None,
+                      dtype=np.float32) -> Path:
+    """A tiny T3 checkpoint with the reference's key names, as a safetensors file of `dtype`."""
     from nightingale_mlx.models.t3 import T3
 
     text_vocab = 704 if variant == "en" else 2454
     cfg = tiny_t3_config(text_vocab_size=text_vocab)
     spec = [(k, v.shape) for k, v in tree_flatten(T3(cfg).parameters())]
     spec += [("text_head.weight", (text_vocab, cfg.hidden_size)), ("tfmr.embed_tokens.weight", (8, cfg.hidden_size))]
-    state = {k: v for k, v in random_state_dict(spec, seed).items() if k not in drop}
+    state = {k: v.astype(dtype) for k, v in random_state_dict(spec, seed).items() if k not in drop}
     state.update(extra or {})
     name = {"en": "t3_cfg.safetensors", "mtl-v2": "t3_mtl23ls_v2.safetensors",
             "mtl-v3": "t3_mtl23ls_v3.safetensors"}[variant]

@@ -40,6 +40,22 @@ def test_auto_prefers_v3_then_v2_then_en(tmp_path):
     assert detect_variant(tmp_path, "en") == "en"
 
 
+def test_fp16_checkpoint_converts_like_its_fp32_upcast(tmp_path):
+    """A fine-tune or re-upload stored in fp16 converts (exactly as the same values in fp32)."""
+    from mlx.utils import tree_flatten
+    from safetensors.numpy import load_file, save_file
+
+    ckpt = write_original_t3(tmp_path / "fp16", "en", dtype=np.float16)
+    upcast = {k: v.astype(np.float32) for k, v in load_file(str(ckpt / "t3_cfg.safetensors")).items()}
+    (tmp_path / "fp32").mkdir()
+    save_file(upcast, str(tmp_path / "fp32" / "t3_cfg.safetensors"))
+    for recipe in ("fp32", "q8"):
+        a, _ = load_t3(convert(ckpt, tmp_path / f"a-{recipe}", variant="en", quantize=recipe))
+        b, _ = load_t3(convert(tmp_path / "fp32", tmp_path / f"b-{recipe}", variant="en", quantize=recipe))
+        for (name, x), (_, y) in zip(tree_flatten(a.parameters()), tree_flatten(b.parameters())):
+            assert x.dtype == y.dtype and np.array_equal(np.array(x), np.array(y)), name
+
+
 def test_not_a_checkpoint_dir(tmp_path):
     with pytest.raises(ConversionError, match="not a Chatterbox checkpoint dir"):
         convert(tmp_path, tmp_path / "out")

@@ -8,6 +8,8 @@ import pytest
 from nightingale_mlx.models import cpu_kernels
 from nightingale_mlx.models.cpu_kernels import attention, gelu
 
+pytestmark = pytest.mark.cpu_paths  # fast path vs MLX's kernel: meaningless with NIGHTINGALE_MLX_NATIVE=1
+
 
 def _qkv(shape, dtype=mx.float32):
     keys = mx.random.split(mx.random.key(0), 3)

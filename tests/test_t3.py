@@ -116,6 +116,10 @@ def test_decode_attention_matches_mlx_lm(model):
 
     attn = model.tfmr.layers[0].self_attn
     D = model.cfg.hidden_size
+    # The private attributes of mlx-lm's Attention that DecodeAttention and the analyzer read.
+    assert (attn.n_heads, attn.n_kv_heads) == (model.cfg.num_attention_heads, model.cfg.num_key_value_heads)
+    assert attn.scale == pytest.approx((D // attn.n_heads) ** -0.5)
+    assert all(callable(getattr(attn, p)) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "rope"))
     ours, theirs = KVCache(), KVCache()
     prompt = mx.random.normal((2, 9, D), key=mx.random.key(0))
     mask = "causal"

@@ -162,10 +162,11 @@ class XVector(nn.Module):
         for i in range(self.n_blocks):
             x = getattr(self, f"transit{i + 1}")(getattr(self, f"block{i + 1}")(x))
         x = self.out_nonlinear(x)
-        # StatsPool: mean and unbiased std over time.
+        # StatsPool: mean and unbiased std over time, in fp32 (fp16 squares overflow above 256).
+        dtype, x = x.dtype, x.astype(mx.float32)
         mean = x.mean(axis=1)
         std = mx.sqrt(((x - mean[:, None]) ** 2).sum(axis=1) / (x.shape[1] - 1))
-        return self.dense(mx.concatenate([mean, std], axis=-1))
+        return self.dense(mx.concatenate([mean, std], axis=-1).astype(dtype))
 
 
 class CAMPPlus(nn.Module):

@@ -9,7 +9,8 @@ transformer blocks per Euler step, and the exact GELU of their feed-forwards. Th
 - Mish's one exp is numpy's;
 - Linear layers compute in fp32 BLAS whatever their stored precision, and decode-sized products
   (a few rows) use numpy's sgemv instead of MLX's sgemm.
-Other devices use MLX's own kernels. `bench/` measures both; parity tests cover the CPU path.
+Other devices use MLX's own kernels. `NIGHTINGALE_MLX_NATIVE=1` makes the CPU take them too (the
+branches Metal takes), so CI proves both: `bench/` measures both, the parity tests run under both.
 """
 
 import ctypes
@@ -26,10 +27,13 @@ import numpy as np
 
 SPLIT_MIN_SCORES = 1 << 18  # below ~256k attention scores a second thread costs more than it saves
 THREADS = min(2, os.cpu_count() or 1)
+# Set to 1, every on_cpu() branch takes MLX's own kernels, as on Metal (read once, at import).
+MLX_NATIVE = os.environ.get("NIGHTINGALE_MLX_NATIVE", "0").strip() not in ("", "0")
 
 
 def on_cpu() -> bool:
-    return mx.default_device() == mx.cpu
+    """True where the CPU fast paths below apply: MLX's CPU device, unless NIGHTINGALE_MLX_NATIVE is set."""
+    return not MLX_NATIVE and mx.default_device() == mx.cpu
 
 
 @lru_cache(maxsize=1)

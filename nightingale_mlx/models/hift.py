@@ -28,8 +28,12 @@ class MelShapeError(ValueError):
 
 @partial(mx.compile, shapeless=True)
 def snake(x: mx.array, alpha: mx.array) -> mx.array:
-    """x + 1/alpha * sin^2(alpha x), alpha per channel (last axis)."""
-    return x + (1.0 / (alpha + SNAKE_EPS)) * mx.square(mx.sin(x * alpha))
+    """x + 1/alpha * sin^2(alpha x), alpha per channel (last axis), in x's dtype.
+
+    Computed in fp32: in fp16 the 1e-9 is 0 (alpha = 0 gives NaN) and 1/alpha overflows below ~1.5e-5.
+    """
+    xf, af = x.astype(mx.float32), alpha.astype(mx.float32)
+    return (xf + (1.0 / (af + SNAKE_EPS)) * mx.square(mx.sin(xf * af))).astype(x.dtype)
 
 
 class Snake(nn.Module):

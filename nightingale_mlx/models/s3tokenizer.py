@@ -42,7 +42,9 @@ class FSMNMultiHeadAttention(nn.Module):
         q = mx.fast.rope(q, HEAD_DIM, traditional=False, base=self.rope_theta, scale=1.0, offset=0)
         k = mx.fast.rope(k, HEAD_DIM, traditional=False, base=self.rope_theta, scale=1.0, offset=0)
         scale = (C // self.n_head) ** -0.25
-        w = mx.softmax((q * scale) @ (k * scale).transpose(0, 1, 3, 2), axis=-1, precise=True)
+        # Scores and softmax in fp32: an fp16 tokenizer's scores can exceed fp16's range.
+        q, k = q.astype(mx.float32) * scale, k.astype(mx.float32) * scale
+        w = mx.softmax(q @ k.transpose(0, 1, 3, 2), axis=-1).astype(vh.dtype)
         wv = (w @ vh).transpose(0, 2, 1, 3).reshape(B, T, C)
         return self.out(wv) + memory
 

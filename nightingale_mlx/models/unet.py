@@ -46,10 +46,12 @@ def mish(x: mx.array) -> mx.array:
     """x tanh(softplus(x)) with one exp: tanh(log(1 + e)) = e (e + 2) / (e (e + 2) + 2), e = exp(x).
 
     Same values as torch's Mish to fp32 rounding, at a third of the transcendental work on CPU.
+    Computed in fp32 and returned in x's dtype: in fp16, e (e + 2) overflows above x ~ 5.5.
     """
+    dtype, x = x.dtype, x.astype(mx.float32)
     e = exp(mx.minimum(x, MISH_LINEAR_ABOVE))
     n = e * (e + 2)
-    return mx.where(x > MISH_LINEAR_ABOVE, x, x * n / (n + 2))
+    return mx.where(x > MISH_LINEAR_ABOVE, x, x * n / (n + 2)).astype(dtype)
 
 
 class Mish(Placeholder):
