@@ -57,7 +57,7 @@ def convert_t3(checkpoint: Path, variant: str, recipe: quant.Recipe, overrides: 
     model = T3(cfg)
     weights = {k: mx.array(v) for k, v in sanitize_t3(weights).items()}
     model_io._load_strict(model, weights, checkpoint / T3_CHECKPOINT_FILES[variant])
-    quant.apply(model, recipe.bits["t3"], recipe.group_size)
+    quant.apply(model, recipe.bits["t3"], recipe.group_size, recipe.dtype("t3"))
     return model, cfg
 
 

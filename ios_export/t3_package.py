@@ -60,11 +60,17 @@ def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
 
 
 def quantized_weight(module: nn.Module) -> QuantizedWeight:
-    """Codes, fp16 scales and fp32 offsets (= -bias/scale) of an MLX QuantizedLinear/Embedding."""
-    scales = np.array(module.scales)
-    biases = np.array(module.biases)
-    if scales.dtype != np.float16:
-        raise T3ExportError(f"quantized scales are {scales.dtype}; expected fp16 (convert with the q4/q8 recipe)")
+    """Codes, fp16 scales and fp32 offsets (= -bias/scale) of an MLX QuantizedLinear/Embedding.
+
+    bf16 scales (the q8/q4 recipes' T3) become fp16 exactly within fp16's normal range: bf16 has
+    fewer significand bits; the offset is computed from the fp16 scale, so s*q + b is kept.
+    """
+    if module.scales.dtype not in (mx.float16, mx.bfloat16):
+        raise T3ExportError(f"quantized scales are {module.scales.dtype}; expected fp16/bf16 (the q4/q8 recipes)")
+    scales = np.array(module.scales.astype(mx.float32)).astype(np.float16)
+    biases = np.array(module.biases.astype(mx.float32))
+    if not np.isfinite(scales).all():
+        raise T3ExportError("quantized scales overflow fp16; re-quantize with a smaller group size")
     codes = unpack_codes(np.array(module.weight), module.bits)
     s64, b64 = scales.astype(np.float64), biases.astype(np.float64)
     degenerate = (s64 == 0) & (b64 != 0)

@@ -94,10 +94,12 @@ def codes(interp: Interpreter, model) -> dict:
                 mismatched.append(op.name)
             # Dequantized weights vs MLX's fp16 dequantize: only rounding may differ.
             dense = scale.astype(np.float64)[..., None] * (data.reshape(*scale.shape, -1) - offset[..., None])
-            mlx_dense = np.array(mx.dequantize(module.weight, module.scales, module.biases,
+            # MLX's s*q + b from the stored scales and biases (fp16, or bf16 for a bf16 T3), in fp32;
+            # the unit is the fp16 ulp of the matrix's absmax (the package's weights are fp16).
+            f32 = mx.float32
+            mlx_dense = np.array(mx.dequantize(module.weight, module.scales.astype(f32), module.biases.astype(f32),
                                                group_size=module.group_size, bits=module.bits))
-            # MLX rounds s*q and +b separately in fp16, so the unit is the ulp of the matrix's absmax.
-            ulp = float(np.spacing(np.abs(mlx_dense).max()))
+            ulp = float(np.spacing(np.float16(np.abs(mlx_dense).max())))
             diff = np.abs(dense.reshape(mlx_dense.shape) - mlx_dense.astype(np.float64)).max()
             max_ulps = max(max_ulps, float(diff) / ulp)
             checked += 1
@@ -160,6 +162,10 @@ def verify(bundle, model_dir) -> dict:
         raise VerifyError(f"{bundle}: no {MANIFEST}; is this a .nightingale bundle? (nightingale export-ios)")
     manifest = json.loads((bundle / MANIFEST).read_text())
     t3, _ = model_io.load_t3(model_dir)
+    # The package computes in fp16; its reference is the same weights with fp32 activations (a
+    # quantized T3 is bf16 by default, whose own rounding would dominate the comparison).
+    t3_fp32, _ = model_io.load_t3(model_dir)
+    t3_fp32.set_dtype(mx.float32)
     interp = Interpreter(bundle / T3_PACKAGE)
     weights = bundle / T3_PACKAGE / "Data" / "com.apple.CoreML" / "weights"
     t3_bytes = package_size(weights)
@@ -170,7 +176,7 @@ def verify(bundle, model_dir) -> dict:
         "t3": {
             "structure": structure(interp, t3, manifest),
             "codes": codes(interp, t3),
-            "numerics": t3_numerics(interp, t3, manifest),
+            "numerics": t3_numerics(interp, t3_fp32, manifest),
             "weight_bytes": t3_bytes,
             "weight_fraction_of_fp32": t3_bytes / t3_fp32_bytes(t3),
         },

@@ -98,7 +98,7 @@ def recipe_of(config: ModelConfig) -> quant.Recipe:
 
 def _apply_recipe(module: nn.Module, component: str, config: ModelConfig, recipe: quant.Recipe, model_dir) -> None:
     """Builds the quantized skeleton and checks its fp16 leftovers against the converter's list."""
-    skipped = quant.apply(module, recipe.bits[component], recipe.group_size)
+    skipped = quant.apply(module, recipe.bits[component], recipe.group_size, recipe.dtype(component))
     quant.check_skipped(config.quantization, component, skipped, Path(model_dir) / CONFIG_FILE)
 
 

@@ -5,6 +5,10 @@ affine group-wise quantization of their Linear and Embedding layers (T3's linear
 head; the flow's conformer and U-Net linears); every other tensor of that component (convs, norms)
 is fp16. Layers whose input width the group size does not divide stay fp16 and are listed in
 config.json (`quantization.skipped`). HiFT only takes float precisions: it is phase-sensitive.
+
+T3 is the exception to fp16: a reduced-precision T3 stores and computes in `t3_dtype`, bfloat16 by
+default for quantized T3 (the reference's config declares bfloat16: trained Llamas carry
+activation outliers that fp16's range can overflow; bench/t3_activations.py measures both).
 """
 
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ BITS = (32, 16, 8, 4)
 FLOAT_ONLY = {"hift": (32, 16)}
 GROUP_SIZES = (32, 64, 128)
 DEFAULT_GROUP_SIZE = 64
+FLOAT_DTYPES = {"fp16": mx.float16, "bf16": mx.bfloat16}
 
 PRESETS = {
     "fp32": dict(t3=32, flow=32, hift=32, cloning=32),
@@ -41,21 +46,35 @@ class QuantizedWeightsError(ValueError):
     """Quantized weights that cannot be right (non-finite scales) or a skeleton that differs from the file's."""
 
 
+def default_t3_dtype(t3_bits: int) -> str:
+    """bf16 for quantized T3 (as the reference declares it), fp16 for the plain fp16 recipe."""
+    return "bf16" if t3_bits in (8, 4) else "fp16"
+
+
 @dataclass
 class Recipe:
     bits: Dict[str, int] = field(default_factory=lambda: dict(PRESETS["fp32"]))
     group_size: int = DEFAULT_GROUP_SIZE
+    t3_dtype: Optional[str] = None  # T3's float dtype below 32 bits; None: default_t3_dtype
+
+    def __post_init__(self):
+        if self.t3_dtype is None:
+            self.t3_dtype = default_t3_dtype(self.bits.get("t3", 32))
 
     @classmethod
     def parse(cls, text: str) -> "Recipe":
-        """`fp32|fp16|q8|q4`, or per component: `t3=4,flow=8,hift=16,cloning=16,group=64`."""
+        """`fp32|fp16|q8|q4`, or per component: `t3=4,flow=8,hift=16,cloning=16,group=64`, plus
+        optionally `t3_dtype=bf16|fp16` (T3's activations and unquantized tensors)."""
         text = text.strip()
         if text in PRESETS:
             return cls(dict(PRESETS[text]))
-        bits, group = dict(PRESETS["fp32"]), DEFAULT_GROUP_SIZE
+        bits, group, t3_dtype = dict(PRESETS["fp32"]), DEFAULT_GROUP_SIZE, None
         for item in filter(None, text.split(",")):
             name, _, value = item.partition("=")
             name = name.strip()
+            if name == "t3_dtype":
+                t3_dtype = value.strip()
+                continue
             try:
                 value = int(value)
             except ValueError:
@@ -65,8 +84,9 @@ class Recipe:
             elif name in COMPONENTS:
                 bits[name] = value
             else:
-                raise RecipeError(f"unknown recipe component {name!r}; expected {', '.join(COMPONENTS)} or group")
-        recipe = cls(bits, group)
+                raise RecipeError(f"unknown recipe component {name!r}; expected {', '.join(COMPONENTS)}, group "
+                                  f"or t3_dtype")
+        recipe = cls(bits, group, t3_dtype)
         recipe.validate()
         return recipe
 
@@ -77,19 +97,30 @@ class Recipe:
                 raise RecipeError(f"{name}={b}: bits must be one of {allowed}")
         if self.group_size not in GROUP_SIZES:
             raise RecipeError(f"group={self.group_size}: must be one of {GROUP_SIZES}")
+        if self.t3_dtype not in FLOAT_DTYPES:
+            raise RecipeError(f"t3_dtype={self.t3_dtype}: must be one of {', '.join(FLOAT_DTYPES)}")
 
     def describe(self) -> str:
         for name, preset in PRESETS.items():
-            if preset == self.bits and self.group_size == DEFAULT_GROUP_SIZE:
+            if Recipe(dict(preset)) == self:
                 return name
-        return ",".join(f"{k}={v}" for k, v in self.bits.items()) + f",group={self.group_size}"
+        return (",".join(f"{k}={v}" for k, v in self.bits.items()) + f",group={self.group_size}"
+                + (f",t3_dtype={self.t3_dtype}" if self.t3_dtype != default_t3_dtype(self.bits["t3"]) else ""))
+
+    def dtype(self, component: str) -> mx.Dtype:
+        """The float dtype of a component's unquantized tensors and activations."""
+        if self.bits[component] == 32:
+            return mx.float32
+        return FLOAT_DTYPES[self.t3_dtype] if component == "t3" else mx.float16
 
     def to_dict(self) -> dict:
-        return {"recipe": self.describe(), "bits": dict(self.bits), "group_size": self.group_size}
+        return {"recipe": self.describe(), "bits": dict(self.bits), "group_size": self.group_size,
+                "t3_dtype": self.t3_dtype}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
-        recipe = cls(dict(d["bits"]), int(d["group_size"]))
+        # Dirs converted before t3_dtype existed hold fp16 T3 tensors.
+        recipe = cls(dict(d["bits"]), int(d["group_size"]), d.get("t3_dtype", "fp16"))
         recipe.validate()
         return recipe
 
@@ -114,13 +145,14 @@ def skipped_layers(module: nn.Module, group_size: int) -> List[str]:
                   if _quantizable_type(m) and m.weight.shape[-1] % group_size != 0)
 
 
-def apply(module: nn.Module, bits: int, group_size: int) -> List[str]:
+def apply(module: nn.Module, bits: int, group_size: int, dtype: mx.Dtype = mx.float16) -> List[str]:
     """Puts a component into the recipe's precision, in place; returns the skipped layers' paths.
+    `dtype`: the float dtype below 32 bits (Recipe.dtype).
 
     The converter calls it on loaded float weights; the loader calls it on the empty skeleton
     before a strict load, so a file that does not match its recipe fails to load.
     """
-    module.set_dtype(mx.float32 if bits == 32 else mx.float16)
+    module.set_dtype(mx.float32 if bits == 32 else dtype)
     skipped = []
     if bits in (8, 4):
         skipped = skipped_layers(module, group_size)

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
@@ -53,7 +54,7 @@ def test_fp16_checkpoint_converts_like_its_fp32_upcast(tmp_path):
         a, _ = load_t3(convert(ckpt, tmp_path / f"a-{recipe}", variant="en", quantize=recipe))
         b, _ = load_t3(convert(tmp_path / "fp32", tmp_path / f"b-{recipe}", variant="en", quantize=recipe))
         for (name, x), (_, y) in zip(tree_flatten(a.parameters()), tree_flatten(b.parameters())):
-            assert x.dtype == y.dtype and np.array_equal(np.array(x), np.array(y)), name
+            assert x.dtype == y.dtype and mx.array_equal(x, y).item(), name
 
 
 def test_not_a_checkpoint_dir(tmp_path):

@@ -48,11 +48,21 @@ def test_presets_and_per_component_recipes():
     assert quant.Recipe.from_dict(r.to_dict()) == r
     with pytest.raises(quant.RecipeError, match="hift=8"):  # HiFT is phase-sensitive: float only
         quant.Recipe.parse("hift=8")
+    # T3's float dtype: bf16 for quantized T3 (bench/t3_activations.py), fp16 for fp16, overridable.
+    assert quant.Recipe.parse("q8").t3_dtype == "bf16" and quant.Recipe.parse("fp16").t3_dtype == "fp16"
+    r = quant.Recipe.parse("t3=8,flow=8,hift=16,cloning=16,t3_dtype=fp16")
+    assert r.dtype("t3") == mx.float16 and r.describe().endswith("t3_dtype=fp16")
+    assert quant.Recipe.from_dict(r.to_dict()) == r
+    old = {"recipe": "q8", "bits": dict(t3=8, flow=8, hift=16, cloning=16), "group_size": 64}
+    assert quant.Recipe.from_dict(old).t3_dtype == "fp16"  # dirs converted before t3_dtype hold fp16
+    with pytest.raises(quant.RecipeError, match="t3_dtype"):
+        quant.Recipe.parse("t3=8,t3_dtype=fp8")
 
 
 def test_q4_quantizes_t3_and_flow_linears_and_keeps_hift_float(models):
     t3, _ = load_t3(models["q4"])
     s3 = load_s3gen(models["q4"])
+    assert t3.tfmr.norm.weight.dtype == mx.bfloat16 and t3.speech_head.scales.dtype == mx.bfloat16
     t3_q = {p: m.bits for p, m in t3.named_modules() if isinstance(m, QUANTIZED)}
     assert t3_q["tfmr.layers.0.self_attn.q_proj"] == 4 and t3_q["speech_head"] == 4
     assert t3_q["speech_emb"] == 4 and t3_q["text_emb"] == 4 and t3_q["speech_pos_emb.emb"] == 4
@@ -66,13 +76,13 @@ def test_q4_quantizes_t3_and_flow_linears_and_keeps_hift_float(models):
 
 def test_skipped_layers_are_listed_in_config(models):
     q = load_config(models["q4"]).quantization
-    # T3's emotion projection is 1 wide: no group size divides it, so it stays fp16, by name.
+    # T3's emotion projection is 1 wide: no group size divides it, so it stays float (T3's bf16), by name.
     assert q["skipped"]["t3"] == ["cond_enc.emotion_adv_fc"]
     assert q["skipped"]["flow"] == []
     assert "skipped" not in load_config(models["fp32"]).quantization
     t3, _ = load_t3(models["q4"])
     assert isinstance(t3.cond_enc.emotion_adv_fc, nn.Linear)
-    assert t3.cond_enc.emotion_adv_fc.weight.dtype == mx.float16
+    assert t3.cond_enc.emotion_adv_fc.weight.dtype == mx.bfloat16
 
 
 def test_flow_recipe_mismatch_and_corrupt_scales_are_clear_errors(models, tmp_path):

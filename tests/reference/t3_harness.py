@@ -90,7 +90,7 @@ def run_ours(model_dir: Path, inputs: dict, alignment_analyzer: bool) -> dict:
         tokens.append(model.cfg.stop_speech_token)  # the reference keeps EOS in its output
     logits = teacher_forced_logits(model, cond, text, tokens, params.cfg_weight > 0)
     return {
-        "cond_emb": np.array(cond),
+        "cond_emb": np.array(cond.astype(mx.float32)),
         "logits": logits,
         "probs": np.stack(probs),
         "tokens": np.array(tokens, dtype=np.int64),
