@@ -31,10 +31,6 @@ class _OncePerRun(logging.Filter):
         return True
 
 
-def _read_text(args) -> str:
-    return read_text(args.text, args.file)
-
-
 def default_output(text: str) -> Path:
     """A file name from the first words of the text, e.g. hello-world.wav, never overwriting."""
     words = re.findall(r"\w+", text.lower())[:5]
@@ -74,7 +70,7 @@ def _load(args):
 
 
 def _speak(args) -> None:
-    text = _read_text(args)
+    text = read_text(args.text, args.file)
     out = check_output_file(args.output or default_output(text), SUFFIXES["speak"], args.force)  # before the work
     tts = _load(args)
     show = progress.enabled(args.quiet or args.json)
