@@ -6,9 +6,11 @@ progress and Ctrl-C. Most commands run in-process through `cli.main(argv)`, whic
 import hashlib
 import os
 import pty
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +175,14 @@ def test_convert_takes_the_synthetic_checkpoint_by_name(cli, tmp_path):
     assert json.loads((out / "config.json").read_text())["variant"] == "mtl-v2"
 
 
+def test_quality_takes_the_synthetic_model_by_name(cli, tts):
+    import json
+
+    code, out, err = cli("quality", "-m", "synthetic", "--ref", "synthetic", "--steps", "2", "--no-memory", "--json")
+    assert code == 0, err
+    assert json.loads(out)["t3"]["top1_agreement"] == 1.0
+
+
 # ------------------------------------------------------------------ 7. one overwrite rule, same bytes
 
 def test_outputs_are_replaced_only_with_force(cli, tmp_path, tts):
@@ -194,8 +204,6 @@ def test_same_seed_same_bytes_16_bit_by_default_float_on_request(cli, tmp_path, 
                            "--max-new-tokens", "8", *extra)
         assert code == 0, err
         return out
-
-    import time
 
     a = speak("a.wav")
     time.sleep(1.1)  # the PEAK chunk's timestamp has a one-second resolution
@@ -247,9 +255,13 @@ def _in_a_terminal(args, cache, until: bytes, interrupt: bool):
                             env={**os.environ, "NIGHTINGALE_CACHE": str(cache)},
                             stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
-    err = b""
+    err, deadline = b"", time.monotonic() + 120
     try:
         while until not in err:
+            if not select.select([master], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"{until!r} not on stderr within 120 s: {err!r}")
             err += os.read(master, 4096)
         if interrupt:
             proc.send_signal(signal.SIGINT)
