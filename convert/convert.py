@@ -147,12 +147,14 @@ def convert(
     force: bool = False,
     t3_overrides: Optional[dict] = None,
     components=None,
+    progress=None,
 ) -> Path:
     """Converts an original checkpoint dir (or HF repo id) into a converted model dir at `out`.
 
     `quantize` is a recipe (`fp32|fp16|q8|q4` or `t3=4,flow=8,hift=16,cloning=16,group=64`).
     `t3_overrides` sets T3Config fields the tensors cannot tell (e.g. analyzer heads of a test model).
-    `components` limits conversion to some of `STEPS` (default: all).
+    `components` limits conversion to some of `STEPS` (default: all). `progress(name)` is called
+    after each step.
     """
     recipe = quant.Recipe.parse(quantize)
     checkpoint = _resolve_checkpoint(checkpoint, variant)
@@ -166,6 +168,8 @@ def convert(
     with staged_output(Path(out), force) as tmp:
         for name in components:
             STEPS[name](checkpoint, variant, recipe, config, tmp, options)
+            if progress is not None:
+                progress(name)
         model_io.save_config(config, tmp)
     return Path(out)
 

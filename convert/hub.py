@@ -18,10 +18,19 @@ def variant_files(variant: str) -> list:
 def fetch_checkpoint(repo_id: str, variant: str) -> Path:
     from huggingface_hub import snapshot_download
 
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
     try:
         return Path(snapshot_download(repo_id=repo_id, allow_patterns=variant_files(variant)))
-    except Exception as e:  # network, auth or a missing repo: one clear line for the user
+    except (GatedRepoError, RepositoryNotFoundError) as e:  # gated is a subclass: test it first
+        what = "is gated: accept its terms on huggingface.co and log in" if isinstance(e, GatedRepoError) \
+            else "is not a repo on the Hugging Face hub (or is private); check the repo id"
+        raise RuntimeError(f"{repo_id} {what}") from e
+    except (LocalEntryNotFoundError, OSError) as e:  # offline: the hub's own messages span many lines
         raise RuntimeError(
-            f"could not download {repo_id} ({type(e).__name__}: {e}); "
-            "check the repo id and your connection, or pass a local checkpoint dir"
-        ) from e
+            f"cannot reach the Hugging Face hub to download {repo_id} and it is not in the local cache "
+            "(offline?); pass a local checkpoint dir with -m DIR, or try the pipeline offline with "
+            "--model synthetic (random weights, not speech)") from e
+    except Exception as e:
+        detail = " ".join(str(e).split())  # one line, nothing cut
+        raise RuntimeError(f"could not download {repo_id} ({type(e).__name__}: {detail})") from e

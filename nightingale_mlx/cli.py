@@ -5,39 +5,30 @@ Exit codes: 0 success, 1 error (one line on stderr), 2 bad command-line usage, 1
 
 import argparse
 import json
-import os
+import logging
 import re
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, blas, progress
+from .outputs import check_output_dir, check_output_file, read_text
 
-OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
-
-
-def _ensure_fast_blas(argv) -> None:
-    """MLX's Linux CPU wheel links a ~45x slower reference BLAS: re-exec with OpenBLAS preloaded
-    when it is installed, or say how to install it."""
-    if not sys.platform.startswith("linux") or os.environ.get("NIGHTINGALE_BLAS_CHECKED"):
-        return
-    os.environ["NIGHTINGALE_BLAS_CHECKED"] = "1"
-    if "openblas" in os.environ.get("LD_PRELOAD", ""):
-        return
-    if os.path.exists(OPENBLAS):
-        env = {**os.environ, "LD_PRELOAD": f"{OPENBLAS} {os.environ.get('LD_PRELOAD', '')}".strip()}
-        os.execve(sys.executable, [sys.executable, "-m", "nightingale_mlx", *argv], env)
-    print("nightingale: note: MLX on Linux is much faster with OpenBLAS: "
-          "apt-get install libopenblas0-pthread", file=sys.stderr)
+SUFFIXES = {"speak": (".wav", ".flac"), "voice": (".safetensors",)}
 
 
-def _read_text(args) -> str:
-    if args.file:
-        return Path(args.file).read_text(encoding="utf-8")
-    if args.text is not None:
-        return args.text
-    if not sys.stdin.isatty():
-        return sys.stdin.read()
-    raise ValueError("no text: pass TEXT, -f FILE, or pipe text on stdin")
+class _OncePerRun(logging.Filter):
+    """Lets each warning (by its message template) through once per run: not once per sentence."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record) -> bool:
+        key = (record.name, record.msg)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
 
 
 def default_output(text: str) -> Path:
@@ -51,34 +42,49 @@ def default_output(text: str) -> Path:
     return path
 
 
+def _recipe(args):
+    """--quantize checked before any work: a typo is an error, never silently ignored."""
+    if args.quantize is not None:
+        from .quant import Recipe
+
+        try:
+            Recipe.parse(args.quantize)
+        except ValueError as e:
+            raise ValueError(f"--quantize {args.quantize}: {e} (fp32|fp16|q8|q4 or t3=4,flow=8,...)") from None
+    return args.quantize
+
+
+def _model_dir(name: str) -> str:
+    """A converted dir by name: 'synthetic' is the English fp32 synthetic model, built on first use."""
+    if name != "synthetic":
+        return name
+    from .loader import resolve_model
+
+    return str(resolve_model(name))
+
+
 def _load(args):
     from .loader import load
 
-    return load(args.model, variant=args.variant, quantize=args.quantize, profile=getattr(args, "profile", None))
-
-
-def _writable(path: Path) -> Path:
-    if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise ValueError(f"cannot write {path}: {path.parent} is not a writable directory")
-    return path
+    return load(args.model, variant=args.variant, quantize=_recipe(args), profile=getattr(args, "profile", None))
 
 
 def _speak(args) -> None:
-    text = _read_text(args)
-    out = _writable(Path(args.output) if args.output else default_output(text))  # fail before the work
+    text = read_text(args.text, args.file)
+    out = check_output_file(args.output or default_output(text), SUFFIXES["speak"], args.force)  # before the work
     tts = _load(args)
-    verbose = not args.json and sys.stderr.isatty()
-
-    def progress(i, n, sentence):
-        if n > 1 and verbose:
-            print(f"[{i + 1}/{n}] {sentence[:70]}", file=sys.stderr)
-
+    show = progress.enabled(args.quiet or args.json)
     sampling = {k: getattr(args, k) for k in ("temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p")}
     if getattr(args, "stream", False):
-        return _speak_stream(args, text, out, tts, sampling)
-    audio = tts.generate(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
-                         seed=args.seed, max_new_tokens=args.max_new_tokens, progress=progress, **sampling)
-    audio.save(out)
+        return _speak_stream(args, text, out, tts, sampling, show)
+    bar = progress.SpeechProgress(show)
+    progress.count_tokens(tts, bar)
+    try:
+        audio = tts.generate(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
+                             seed=args.seed, max_new_tokens=args.max_new_tokens, progress=bar.sentence, **sampling)
+    finally:
+        bar.close()
+    audio.save(out, float32=args.float)
     if args.json:
         print(json.dumps({"output": str(out), "sample_rate": audio.sample_rate, **audio.info}))
     else:
@@ -92,8 +98,11 @@ def _speak(args) -> None:
             print(f"nightingale: {e}; the audio is in {out}", file=sys.stderr)
 
 
-def _speak_stream(args, text, out, tts, sampling) -> None:
-    """speak --stream: chunks go to the speaker as they arrive (--play) and to OUT at the end."""
+def _speak_stream(args, text, out, tts, sampling, show) -> None:
+    """speak --stream: chunks go to the speaker as they arrive (--play) and to OUT at the end.
+
+    On Ctrl-C what was already made (and heard) is kept in OUT as a valid file.
+    """
     import contextlib
 
     import numpy as np
@@ -108,16 +117,28 @@ def _speak_stream(args, text, out, tts, sampling) -> None:
             player = StreamPlayer(tts.sample_rate)
         except PlaybackError as e:
             print(f"nightingale: {e}; writing {out} only", file=sys.stderr)
-    chunks, first = [], None
-    with player as p:
-        for chunk in tts.stream(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
-                                seed=args.seed, max_new_tokens=args.max_new_tokens, **sampling):
-            first = chunk.audio_ready_s if first is None else first
-            chunks.append(chunk.samples)
-            if p is not None:
-                p.write(chunk.samples)
+    chunks, first, bar = [], None, progress.SpeechProgress(show)
+    interrupted = False
+    try:
+        with player as p:
+            for chunk in tts.stream(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
+                                    seed=args.seed, max_new_tokens=args.max_new_tokens, **sampling):
+                first = chunk.audio_ready_s if first is None else first
+                chunks.append(chunk.samples)
+                bar.audio(sum(len(c) for c in chunks) / tts.sample_rate)
+                if p is not None:
+                    p.write(chunk.samples)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    if interrupted and not chunks:
+        raise KeyboardInterrupt
     audio = Audio(np.concatenate(chunks).astype(np.float32), tts.sample_rate)
-    audio.save(out)
+    audio.save(out, float32=args.float)
+    if interrupted:
+        print(f"nightingale: interrupted; kept the {audio.duration:.2f} s made so far in {out}", file=sys.stderr)
+        sys.exit(130)
     info = {"output": str(out), "sample_rate": audio.sample_rate, "audio_s": audio.duration, "chunks": len(chunks),
             "ttfa_s": first, "underruns": getattr(getattr(p, "buffer", None), "underruns", None)}
     if args.json:
@@ -128,17 +149,32 @@ def _speak_stream(args, text, out, tts, sampling) -> None:
 
 
 def _voice(args) -> None:
+    out = check_output_file(args.out, SUFFIXES["voice"], args.force)
     tts = _load(args)
     voice = tts.prepare_voice(args.reference)
-    out = voice.save(args.out)
+    voice.save(out)
     print(f"nightingale: voice written to {out}", file=sys.stderr)
 
 
 def _convert(args) -> None:
-    from convert.convert import convert
+    from convert.convert import STEPS, convert
 
-    out = convert(args.checkpoint, args.out, variant=args.variant, quantize=args.quantize,
-                  profile=args.profile, force=args.force)
+    out = check_output_dir(args.out, args.force)
+    _recipe(args)
+    synthetic = args.checkpoint == "synthetic"
+    with progress.steps(progress.enabled(args.quiet), 4 if synthetic else len(STEPS), "converting") as bar:
+        def step(name):
+            bar.set_postfix_str(f"{name} done")
+            bar.update()
+
+        if synthetic:
+            from .synthetic import convert_synthetic
+
+            variant = "en" if args.variant == "auto" else args.variant
+            out = convert_synthetic(out, variant, args.quantize, force=args.force, progress=step, profile=args.profile)
+        else:
+            out = convert(args.checkpoint, out, variant=args.variant, quantize=args.quantize,
+                          profile=args.profile, force=args.force, progress=step)
     print(f"nightingale: converted model written to {out}", file=sys.stderr)
     if args.upload_repo:
         from convert.upload import upload
@@ -150,46 +186,66 @@ def _convert(args) -> None:
 def _quality(args) -> None:
     from . import quality
 
-    result = quality.compare(args.model, args.ref, steps=args.steps, text=args.text or quality.DEFAULT_TEXT,
-                             language=args.language, seed=args.seed, memory=not args.no_memory)
+    result = quality.compare(_model_dir(args.model), _model_dir(args.ref), steps=args.steps,
+                             text=args.text or quality.DEFAULT_TEXT, language=args.language, seed=args.seed,
+                             memory=not args.no_memory)
     print(json.dumps(result, indent=2) if args.json else quality.report(result))
 
 
 def _export_ios(args) -> None:
     from ios_export.export import export_ios
 
+    out = check_output_dir(args.out, args.force)
     text_slots = [int(t) for t in args.text_slots.split(",") if t.strip()]
-    out = export_ios(args.model, args.out, target=args.target, context=args.context,
-                     text_slots=text_slots, force=args.force, chunk_frames=args.chunk_frames,
-                     vocoder_frames=args.vocoder_frames)
+    model = _model_dir(args.model)
+    # The export is one long call without steps to count: the bar shows that it runs and for how long.
+    with progress.steps(progress.enabled(args.quiet), 1, "exporting") as bar:
+        out = export_ios(model, out, target=args.target, context=args.context, text_slots=text_slots,
+                         force=args.force, chunk_frames=args.chunk_frames, vocoder_frames=args.vocoder_frames)
+        bar.update()
     print(f"nightingale: iOS bundle written to {out}", file=sys.stderr)
 
 
-def _model_args(p, variant_default=None) -> None:
+def _doctor(args) -> None:
+    from .doctor import report
+
+    print(report())
+
+
+def _model_args(p) -> None:
     p.add_argument("-m", "--model", default="ResembleAI/chatterbox",
                    help="converted dir, original checkpoint dir, HF repo id, or 'synthetic' (tiny random model, not speech)")
-    p.add_argument("--variant", default=variant_default, choices=["en", "mtl-v2", "mtl-v3"],
-                   help="for originals (default mtl-v3)")
+    p.add_argument("--variant", default=None, choices=["en", "mtl-v2", "mtl-v3"],
+                   help="for originals (default mtl-v3) and 'synthetic' (default en; mtl-v3 takes all 23 languages)")
     p.add_argument("--quantize", default=None, metavar="RECIPE",
-                   help="for originals: fp32|fp16|q8|q4|per-component (default: q8 on Metal, fp32 on CPU)")
+                   help="for originals and 'synthetic': fp32|fp16|q8|q4|per-component (default: q8 on Metal, fp32 on CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --debug and --quiet are accepted before or after the subcommand (SUPPRESS keeps the top-level value).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bar or notes (they are shown only on a terminal anyway)")
     p = argparse.ArgumentParser(prog="nightingale", description="Chatterbox TTS on Apple Silicon with MLX")
     p.add_argument("--version", action="version", version=f"nightingale-mlx {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
     sub = p.add_subparsers(dest="command", required=True)
+    force_help = "replace OUT if it exists (every command refuses to otherwise)"
 
-    s = sub.add_parser("speak", help="text to speech")
+    s = sub.add_parser("speak", help="text to speech", parents=[common])
     s.add_argument("text", nargs="?", help="text to speak (or -f FILE, or stdin)")
-    s.add_argument("-f", "--file", help="read the text from a file")
+    s.add_argument("-f", "--file", help="read the text from a UTF-8 file")
     _model_args(s)
     s.add_argument("-l", "--language", default="en", help="language code (en, fr, zh, ...; 23 supported)")
     s.add_argument("--voice", help="reference wav to clone, a baked voice .safetensors, or a voice name")
-    s.add_argument("-o", "--output", help="output .wav or .flac (default: from the text)")
+    s.add_argument("-o", "--output", help="output .wav (16-bit) or .flac (default: a name from the text)")
+    s.add_argument("--float", action="store_true", help="write a 32-bit float .wav instead of 16-bit PCM")
+    s.add_argument("--force", action="store_true", help=force_help)
     s.add_argument("--play", action="store_true", help="also play the audio (needs the [playback] extra)")
     s.add_argument("--stream", action="store_true", help="synthesize in chunks; with --play, hear it as it comes")
-    s.add_argument("--seed", type=int, help="make the output reproducible")
+    s.add_argument("--seed", type=int, help="make the output reproducible (byte-identical files)")
     s.add_argument("--profile", choices=["upstream", "compat-0.1.7"], help="behaviour profile")
     s.add_argument("--exaggeration", type=float, default=0.5)
     s.add_argument("--temperature", type=float)
@@ -201,25 +257,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print timings and RTF as JSON")
     s.set_defaults(func=_speak)
 
-    v = sub.add_parser("voice", help="clone a voice once and save it for reuse")
+    v = sub.add_parser("voice", help="clone a voice once and save it for reuse", parents=[common])
     v.add_argument("reference", help="reference recording (any format soundfile reads)")
     v.add_argument("--out", required=True, help="output voice .safetensors")
+    v.add_argument("--force", action="store_true", help=force_help)
     _model_args(v)
     v.set_defaults(func=_voice)
 
-    c = sub.add_parser("convert", help="convert an original Chatterbox checkpoint to MLX")
-    c.add_argument("--checkpoint", required=True, help="checkpoint dir or Hugging Face repo id (ResembleAI/chatterbox)")
+    c = sub.add_parser("convert", help="convert an original Chatterbox checkpoint to MLX", parents=[common])
+    c.add_argument("--checkpoint", required=True,
+                   help="checkpoint dir, Hugging Face repo id (ResembleAI/chatterbox), or 'synthetic'")
     c.add_argument("--out", required=True, help="output model dir")
     c.add_argument("--variant", default="auto", choices=["auto", "en", "mtl-v2", "mtl-v3"])
     c.add_argument("--quantize", default="fp32", metavar="RECIPE",
                    help="fp32|fp16|q8|q4, or per component: t3=4,flow=8,hift=16,cloning=16,group=64")
     c.add_argument("--profile", default="upstream", choices=["upstream", "compat-0.1.7"])
-    c.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--force", action="store_true", help=force_help)
     c.add_argument("--upload-repo", metavar="ORG/NAME", help="also publish the converted model to the hub")
     c.set_defaults(func=_convert)
 
-    x = sub.add_parser("export-ios", help="export a converted model as a Core ML bundle for iOS (needs [coreml])")
-    x.add_argument("-m", "--model", required=True, help="converted model dir (nightingale convert)")
+    x = sub.add_parser("export-ios", help="export a converted model as a Core ML bundle for iOS (needs [coreml])",
+                       parents=[common])
+    x.add_argument("-m", "--model", required=True, help="converted model dir (nightingale convert), or 'synthetic'")
     x.add_argument("--out", required=True, help="output bundle, NAME.nightingale")
     x.add_argument("--target", default="gpu", choices=["gpu", "ane"],
                    help="gpu: blockwise-quantized flow with fp32 islands; ane: fp16 flow for the Neural Engine")
@@ -229,12 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flow window in mel frames, 2 per token (default 156: 50 context + 25 new + 3 lookahead)")
     x.add_argument("--vocoder-frames", type=int, default=88,
                    help="HiFT window in mel frames (default 88: 24 context + 14 held back + 50 new)")
-    x.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    x.add_argument("--force", action="store_true", help=force_help)
     x.set_defaults(func=_export_ios)
 
-    q = sub.add_parser("quality", help="measure a quantized model against its fp32 conversion")
+    q = sub.add_parser("quality", help="measure a quantized model against its fp32 conversion", parents=[common])
     q.add_argument("-m", "--model", required=True, help="converted dir to measure (e.g. a q4 conversion)")
-    q.add_argument("--ref", required=True, help="fp32 conversion of the same checkpoint")
+    q.add_argument("--ref", required=True, help="fp32 conversion of the same checkpoint ('synthetic': the synthetic one)")
     q.add_argument("--steps", type=int, default=50, help="T3 teacher-forced steps (speech tokens)")
     q.add_argument("--text", help="text whose speech tokens are compared (default: a fixed sentence)")
     q.add_argument("-l", "--language", default="en")
@@ -242,20 +301,44 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     q.add_argument("--json", action="store_true", help="print the full result as JSON")
     q.set_defaults(func=_quality)
+
+    d = sub.add_parser("doctor", help="report the MLX device, versions, cache dir, OpenBLAS and extras",
+                       parents=[common])
+    d.set_defaults(func=_doctor)
     return p
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    """Runs one command in this process; never re-executes it or changes os.environ (see entry())."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    _ensure_fast_blas(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("nightingale: warning: %(message)s"))
+    handler.addFilter(_OncePerRun())
+    package_log = logging.getLogger("nightingale_mlx")
+    package_log.addHandler(handler)
+    package_log.propagate = False  # our one-line format, not the root logger's
     try:
         args.func(args)
     except KeyboardInterrupt:
+        print("nightingale: interrupted; nothing written", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
         if args.debug:
             raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, nothing cut
         print(f"nightingale: error: {message}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        package_log.removeHandler(handler)
+        package_log.propagate = True
+    if not args.quiet and args.command != "doctor":
+        from .loader import cache_root
+
+        blas.note_once(cache_root())
+
+
+def entry() -> None:
+    """The console script (and `python -m nightingale_mlx`): preload OpenBLAS on Linux, then main()."""
+    blas.reexec_with_openblas(sys.argv[1:])
+    main()

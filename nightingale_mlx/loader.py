@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from . import quant
 from .model_io import CONFIG_FILE
 from .tts import TTS
 
@@ -41,16 +42,19 @@ def resolve_model(model: str = DEFAULT_MODEL, variant: Optional[str] = None, qua
     """The converted model dir for MODEL, converting (and downloading) on first use."""
     from convert.convert import convert
 
-    if model == SYNTHETIC:
-        from .synthetic import synthetic_model
+    if model == SYNTHETIC:  # variant and recipe apply as to an original (it is converted like one)
+        from .synthetic import cache_name, synthetic_model
 
-        return synthetic_model(cache_root() / SYNTHETIC)
+        variant, quantize = variant or "en", quantize or "fp32"
+        quant.Recipe.parse(quantize)
+        return synthetic_model(cache_root() / cache_name(variant, quantize), variant, quantize)
     path = Path(model).expanduser()
     if (path / CONFIG_FILE).is_file():
         if variant or quantize:
             raise ValueError(f"{path} is already converted; --variant/--quantize apply to originals only")
         return path
     recipe = quantize or default_recipe()
+    quant.Recipe.parse(recipe)  # a bad recipe fails before any download
     if path.is_dir():
         source = str(path.resolve())
         variant = variant or "auto"
@@ -73,7 +77,8 @@ def load(model: str = DEFAULT_MODEL, variant: Optional[str] = None, quantize: Op
     Args:
         model: a converted model dir, an original checkpoint dir, a Hugging Face repo id
             (default ResembleAI/chatterbox), or "synthetic" (a tiny random model: not speech).
-        variant: for originals: en, mtl-v2 or mtl-v3 (default mtl-v3 for the hub repo).
+        variant: for originals: en, mtl-v2 or mtl-v3 (default mtl-v3 for the hub repo; en for
+            "synthetic", whose mtl variants take all 23 languages).
         quantize: for originals: fp32, fp16, q8, q4 or a per-component recipe.
         profile: upstream (default) or compat-0.1.7.
     """

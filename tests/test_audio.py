@@ -104,7 +104,7 @@ def test_load_downmixes_any_channel_count(tmp_path):
 
 def test_save_round_trip(tmp_path):
     wav = tone(1.0)
-    loaded, sr = load_audio(save_audio(tmp_path / "a.wav", wav, 16000))
+    loaded, sr = load_audio(save_audio(tmp_path / "a.wav", wav, 16000, float32=True))
     assert sr == 16000 and np.array_equal(loaded, wav)
     loaded, _ = load_audio(save_audio(tmp_path / "a.flac", wav, 16000))
     assert np.abs(loaded - wav).max() < 1e-4

@@ -22,9 +22,9 @@ class Audio:
     def duration(self) -> float:
         return len(self.samples) / self.sample_rate
 
-    def save(self, path) -> Path:
-        """Writes .wav (float32) or .flac (16-bit), chosen by the extension."""
-        return save_audio(path, self.samples, self.sample_rate)
+    def save(self, path, float32: bool = False) -> Path:
+        """Writes .wav (16-bit PCM; 32-bit float with float32) or .flac (16-bit), chosen by the extension."""
+        return save_audio(path, self.samples, self.sample_rate, float32)
 
     def play(self, blocking: bool = True) -> None:
         play(self.samples, self.sample_rate, blocking)

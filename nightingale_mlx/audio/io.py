@@ -82,10 +82,11 @@ def check_voice_audio(wav: np.ndarray, sr: int, name: str = "reference audio",
     return wav.astype(np.float32, copy=False)
 
 
-def save_audio(path, samples: np.ndarray, sample_rate: int) -> Path:
-    """Writes float32 samples (mono (N,) or (N, channels)) as wav (float) or flac (16-bit)."""
+def save_audio(path, samples: np.ndarray, sample_rate: int, float32: bool = False) -> Path:
+    """Writes float32 samples (mono (N,) or (N, channels)) as wav (16-bit PCM, or 32-bit float with
+    float32) or flac (16-bit). The same samples always give the same bytes (no timestamps)."""
     path = Path(path)
-    fmt = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_16")}.get(path.suffix.lower())
+    fmt = {".wav": ("WAV", "FLOAT" if float32 else "PCM_16"), ".flac": ("FLAC", "PCM_16")}.get(path.suffix.lower())
     if fmt is None:
         raise AudioError(f"{path}: unsupported output format; use .wav or .flac")
     samples = np.asarray(samples, dtype=np.float32)
@@ -95,4 +96,16 @@ def save_audio(path, samples: np.ndarray, sample_rate: int) -> Path:
         soundfile.write(str(path), samples, int(sample_rate), format=fmt[0], subtype=fmt[1])
     except (OSError, RuntimeError) as e:  # LibsndfileError (a RuntimeError) says only "System error"
         raise AudioError(f"{path}: cannot write there ({e}); check the directory exists and is writable") from None
+    if fmt == ("WAV", "FLOAT"):
+        _zero_peak_timestamp(path)
     return path
+
+
+def _zero_peak_timestamp(path: Path) -> None:
+    """libsndfile's PEAK chunk (float wav) holds the write time: zeroed, so a seed gives the same bytes."""
+    with open(path, "r+b") as f:
+        head = f.read(128)
+        at = head.find(b"PEAK")
+        if at >= 0:  # chunk id, size, version, then the 4-byte timestamp
+            f.seek(at + 12)
+            f.write(b"\0\0\0\0")

@@ -126,8 +126,8 @@ class Tokenizer:
                 "split it into sentences first (nightingale_mlx.text.split_text)"
             )
         if self.unk_id is not None and self.unk_id in ids:
-            n = ids.count(self.unk_id)
-            logger.warning(f"{n} piece(s) of the text are not in the vocabulary and are read as {UNK}")
+            # A constant template: the CLI shows each warning once per run, not once per sentence.
+            logger.warning("some of the text is not in the model's vocabulary and is read as %s", UNK)
         return [self.start_id, *ids, self.stop_id]
 
     def decode(self, ids) -> str:
