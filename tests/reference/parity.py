@@ -55,6 +55,8 @@ def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bo
 
     checks, fixture = [], {}
     for mode, steps, params in t3_harness.SCENARIOS[t3_harness.family(variant)]:
+        if T3_SCENARIOS and mode not in T3_SCENARIOS:
+            continue
         inputs = t3_harness.make_inputs(variant, mode, steps, params, seed)
         np.savez(work / "in.npz", **inputs)
         run_ref("ref_t3.py", "--ckpt", ckpt, "--variant", variant, "--size", size,
@@ -80,6 +82,9 @@ def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bo
         np.savez_compressed(FIXTURES / f"t3_{size}_{variant}.npz", **fixture)
     return checks
 
+
+# --t3-scenario: run only these T3 scenarios (a full-size T3 seed takes ~20 min for all three).
+T3_SCENARIOS = []
 
 # name -> fn(size, variant, seed, work_dir, write_fixtures) -> list of checks. Components that
 # need several sub-harnesses (s3gen = flow + hift) list them in ALIASES.
@@ -107,9 +112,12 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=1, help="sweep this many consecutive seeds")
     p.add_argument("--summary", type=Path, help="also write the sweep's summary as JSON here")
     p.add_argument("--write-fixtures", action="store_true", help="also write tests/fixtures (tiny only)")
+    p.add_argument("--t3-scenario", action="append", choices=["teacher", "greedy", "sample"],
+                   help="only these T3 scenarios (default: all)")
     args = p.parse_args(argv)
-    if args.write_fixtures and args.size != "tiny":
-        p.error("--write-fixtures is for --size tiny")
+    T3_SCENARIOS[:] = args.t3_scenario or []
+    if args.write_fixtures and (args.size != "tiny" or T3_SCENARIOS):
+        p.error("--write-fixtures is for --size tiny, all scenarios")
 
     names = list(COMPONENTS) if args.component == "all" else ALIASES.get(args.component, [args.component])
     unknown = [n for n in names if n not in COMPONENTS]

@@ -278,3 +278,16 @@ def disable_watermark(tts) -> None:
     """Output patch: `generate()` ends with Perth's `apply_watermark` (a neural watermark our port
     does not apply, README); an identity watermarker leaves the waveform the models computed."""
     tts.watermarker = _NoWatermark()
+
+
+def allow_float64_masks() -> None:
+    """Float64 runs only: the CFM decoder's `mask_to_bias` asserts a 16/32-bit dtype. This is the
+    same expression, `(1 - mask) * -1e10` in the requested dtype, without that whitelist."""
+    import chatterbox.models.s3gen.decoder as decoder
+    import torch
+
+    def mask_to_bias(mask, dtype):
+        assert mask.dtype == torch.bool
+        return (1.0 - mask.to(dtype)) * -1.0e10
+
+    decoder.mask_to_bias = mask_to_bias

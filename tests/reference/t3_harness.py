@@ -183,31 +183,35 @@ def token_choice_check(ref: dict, ours: dict, size: str, prefix: str, flips_at: 
             "ok": ok and bool(np.array_equal(rt, ours["tokens"])), "steps": int(len(rt)), "flips": details}
 
 
-# Against float64: ours vs the reference's own fp32 error (ratio per stage). Both are fp32 with
-# different summation orders, so either can be the larger; 2x bounds that spread (measured ratios:
-# README). The floor: a few ulps of the largest value are fp32's resolution, no ratio below it.
+# Against float64: ours vs the reference's own fp32 error, as a ratio per stage. The rule is on
+# the RMS error (a max over ~1e5-1e6 values is one sample's luck; the max stays reported, and the
+# fp32 tolerances above bound it). Both are fp32 with different summation orders, so either can
+# be the larger: 2x bounds that spread (measured ratios: README). Below a floor of a few ulps of
+# the largest value (fp32's resolution) no ratio is claimed.
 EXACT = {"cond_emb": 2.0, "logits": 2.0, "probs": 2.0}
 FLOOR_ULPS = 4
 
 
 def exact_check(name: str, exact, ref, ours, ratio: float, floor_ulps: float = FLOOR_ULPS, mask=None) -> dict:
-    """Ours and the reference, each against the float64 reference: ours passes when its error is
-    within `ratio` x the reference's own error, or under an absolute floor of `floor_ulps` fp32
-    ulps of the largest exact value (below it no fp32 result can claim a ratio)."""
+    """Ours and the reference, each against the float64 reference: ours passes when its RMS error
+    is within `ratio` x the reference's own, or its max error is under `floor_ulps` fp32 ulps of
+    the largest exact value."""
     exact, ref, ours = (np.asarray(a, np.float64) for a in (exact, ref, ours))
     if not exact.shape == ref.shape == ours.shape:
         return {"name": name, "ok": False, "detail": f"shapes {ours.shape} {ref.shape} vs float64 {exact.shape}"}
     if mask is not None:
         exact, ref, ours = (np.where(mask, a, 0) for a in (exact, ref, ours))
-    floor = floor_ulps * float(np.finfo(np.float32).eps) * (float(np.abs(exact).max()) if exact.size else 0.0)
-    e_ours = float(np.abs(ours - exact).max()) if exact.size else 0.0
-    e_ref = float(np.abs(ref - exact).max()) if exact.size else 0.0
-    return {"name": name, "max_abs_err": e_ours, "reference_err": e_ref,
-            "ratio": e_ours / e_ref if e_ref > 0 else None, "max_rel_err": None,
-            "tolerance": f"<= {ratio:g} x reference's error, or <= {floor:.3g} ({floor_ulps:g} ulps)",
-            "ok": e_ours <= max(ratio * e_ref, floor)}
-
-
+    if not exact.size:
+        return {"name": name, "ok": True, "detail": "empty"}
+    floor = floor_ulps * float(np.finfo(np.float32).eps) * float(np.abs(exact).max())
+    rms = lambda d: float(np.sqrt(np.mean(d ** 2)))  # noqa: E731
+    e_ours, e_ref = float(np.abs(ours - exact).max()), float(np.abs(ref - exact).max())
+    r_ours, r_ref = rms(ours - exact), rms(ref - exact)
+    return {"name": name, "max_abs_err": e_ours, "reference_max_abs_err": e_ref, "max_rel_err": None,
+            "rms_err": r_ours, "reference_rms_err": r_ref, "ratio": r_ours / r_ref if r_ref > 0 else None,
+            "max_ratio": e_ours / e_ref if e_ref > 0 else None,
+            "tolerance": f"rms <= {ratio:g} x reference's rms, or max <= {floor:.3g} ({floor_ulps:g} ulps)",
+            "ok": r_ours <= ratio * r_ref or e_ours <= floor}
 
 
 def compare(ref: dict, ours: dict, size: str, prefix: str, min_p: float, exact: dict = None) -> list:
