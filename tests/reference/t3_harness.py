@@ -142,14 +142,22 @@ def min_p_boundary_flips(ref: np.ndarray, ours: np.ndarray, min_p: float, rel: f
     implementation and dropped by the other. Its ratio to the top token survives renormalisation,
     so the side that kept it shows `p / p_max ~= min_p`. Any other disagreement is a real one.
     """
+    details = support_flips(ref, ours, min_p)
+    return len(details), all(d["ratio_off"] <= rel for d in details)
+
+
+def support_flips(ref: np.ndarray, ours: np.ndarray, min_p: float) -> list:
+    """Each (step, token) kept by one side only, with its margin: how far the kept side's
+    probability sits from the min-p threshold, absolute (`margin`, in probability) and relative
+    (`ratio_off` = |p / (min_p p_max) - 1|)."""
     kept_ref, kept_ours = ref > 0, ours > 0
-    flips = np.argwhere(kept_ref != kept_ours)
-    on_boundary = []
-    for step, tok in flips:
+    out = []
+    for step, tok in np.argwhere(kept_ref != kept_ours):
         side = ref[step] if kept_ref[step, tok] else ours[step]
-        ratio = side[tok] / side.max()
-        on_boundary.append(abs(ratio / min_p - 1) <= rel)
-    return len(flips), all(on_boundary)
+        threshold = min_p * side.max()
+        out.append({"step": int(step), "token": int(tok), "kept_by": "reference" if kept_ref[step, tok] else "ours",
+                    "margin": float(abs(side[tok] - threshold)), "ratio_off": float(abs(side[tok] / threshold - 1))})
+    return out
 
 
 def token_choice_check(ref: dict, ours: dict, size: str, prefix: str, flips_at: set) -> dict:
@@ -232,6 +240,8 @@ def compare(ref: dict, ours: dict, size: str, prefix: str, min_p: float, exact: 
     mask = (rp > 0) == (op > 0)  # values are compared where both sides agree on the support
     check = _err(f"{prefix}.processed_probs", np.where(mask, rp, 0), np.where(mask, op, 0), tol["probs"],
                  min_p_boundary_flips=flips)
+    if flips:
+        check["support_flips"] = support_flips(rp, op, min_p)[:20]  # each with its min-p margin
     check["ok"] = check["ok"] and all_on_boundary
     checks.append(check)
 
