@@ -42,3 +42,24 @@ def summarize(checks: list) -> list:
             stats[key] = {"min": min(values), "median": statistics.median(values), "worst": worst}
         out.append({"summary": name, "seeds": row["seeds"], "failed_seeds": row["failed_seeds"], **stats})
     return out
+
+
+def main(argv=None):
+    """`python -m tests.reference.sweep LOG.jsonl ...`: the summary of parity output lines already
+    written (a sweep prints each check as it comes, so an interrupted one still summarizes)."""
+    import json
+    import sys
+
+    checks = []
+    for path in (argv if argv is not None else sys.argv[1:]):
+        with open(path) as f:
+            for line in f:
+                row = json.loads(line) if line.startswith("{") else {}
+                if "name" in row and "ok" in row:
+                    checks.append(row)
+    for row in summarize(checks):
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
