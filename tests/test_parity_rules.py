@@ -50,6 +50,12 @@ def test_hift_wav_must_not_be_worse_than_the_reference_against_float64():
     bad = {"voiced/wav": exact["voiced/wav"] + 3e-3 * rng.standard_normal(1000)}
     assert all(c["ok"] for c in hift_harness.exact_checks(ref, good, exact, "h"))
     assert not any(c["ok"] for c in hift_harness.exact_checks(ref, bad, exact, "h"))
+    # Downstream of a predicted F0 the waveform is a figure; the F0 itself has the ratio rule.
+    exact = {"predicted/wav": exact["voiced/wav"], "predicted/f0": 120 + rng.standard_normal(20)}
+    ref = {"predicted/wav": ref["voiced/wav"], "predicted/f0": exact["predicted/f0"] + 1e-4}
+    bad = {"predicted/wav": bad["voiced/wav"], "predicted/f0": exact["predicted/f0"] + 3e-4}
+    f0, wav = hift_harness.exact_checks(ref, bad, exact, "h")
+    assert not f0["ok"] and wav["ok"] and "figure only" in wav["tolerance"], (f0, wav)
 
 
 def test_sweep_summary_worst_is_direction_aware():

