@@ -87,8 +87,14 @@ def run_ours(model: CausalMaskedDiffWithXvec, inputs: dict) -> dict:
     }
 
 
-def compare(ref: dict, ours: dict, size: str, prefix: str) -> list:
-    """mu, the t schedule, every Euler step's x (all frames) and the output mel."""
+# Against the float64 reference: ours within this ratio of the reference's own fp32 error (or a
+# 4-ulp floor), as T3 (t3_harness.exact_check): two fp32 summation orders, either can be larger.
+EXACT_RATIO = 2.0
+
+
+def compare(ref: dict, ours: dict, size: str, prefix: str, exact: dict = None) -> list:
+    """mu, the t schedule, every Euler step's x (all frames) and the output mel; with `exact` (the
+    float64 reference), mu, the steps and the mel against it too."""
     tol = TOLERANCES[size]
     checks = [_err(f"{prefix}.mu", ref["mu"], ours["mu"], tol["mu"]),
               _err(f"{prefix}.t_schedule", ref["t"], ours["t"], tol["t"])]
@@ -96,6 +102,11 @@ def compare(ref: dict, ours: dict, size: str, prefix: str) -> list:
                 for r, o in zip(ref["steps"], ours["steps"])]
     checks.append(_err(f"{prefix}.euler_steps", ref["steps"], ours["steps"], tol["steps"], per_step=per_step))
     checks.append(_err(f"{prefix}.mel", ref["mel"], ours["mel"], tol["mel"], frames=int(ref["mel"].shape[1])))
+    if exact is not None:
+        from .t3_harness import exact_check
+
+        for key in ("mu", "steps", "mel"):
+            checks.append(exact_check(f"{prefix}.{key}_vs_float64", exact[key], ref[key], ours[key], EXACT_RATIO))
     return checks
 
 
@@ -165,6 +176,9 @@ def flow_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: 
     parity.run_ref("ref_flow.py", "--ckpt", ckpt, "--size", size, "--inputs", work / "in.npz",
                    "--out", work / "ref.npz", "--n-timesteps", N_TIMESTEPS)
     ref = scenarios(dict(np.load(work / "ref.npz")))
+    parity.run_ref("ref_flow.py", "--ckpt", ckpt, "--size", size, "--inputs", work / "in.npz",
+                   "--out", work / "ref64.npz", "--n-timesteps", N_TIMESTEPS, "--dtype", "float64")
+    exact = scenarios(dict(np.load(work / "ref64.npz")))
     spec = [s for s in manifest["spec"] if s[0].startswith("flow.")]
     state = random_state_dict(spec, seed)
     written = {k: v for k, v in read_checkpoint(ckpt / manifest["file"]).items() if k.startswith("flow.")}
@@ -174,8 +188,10 @@ def flow_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: 
     checks = []
     for name, ins in scenarios(inputs).items():
         ours = run_ours(model, ins)
-        checks += compare(ref[name], ours, size, f"flow.{variant}.{name}")
-        checks[-1]["seconds"] = {"reference": float(ref[name]["seconds"]), "ours": ours["seconds"]}
+        new = compare(ref[name], ours, size, f"flow.{variant}.{name}", exact=exact[name])
+        next(c for c in new if c["name"].endswith(".mel"))["seconds"] = {
+            "reference": float(ref[name]["seconds"]), "ours": ours["seconds"]}
+        checks += new
     if write_fixtures:
         fixture = {f"in/{k}": v for k, v in inputs.items()}
         fixture.update({f"ref/{n}/{k}": v for n, r in ref.items() for k, v in r.items() if k != "seconds"})

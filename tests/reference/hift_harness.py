@@ -108,10 +108,68 @@ def run_ours(hift: HiFTGenerator, inputs: dict, ref: dict = None) -> dict:
     return out
 
 
-def compare(ref: dict, ours: dict, size: str, prefix: str) -> list:
+# Against the float64 reference: our waveform SNR may fall at most this far below the reference's
+# own fp32 SNR (all samples and unclipped ones). 1 dB = 12% more error than the reference's own.
+EXACT_SNR_MARGIN_DB = 1.0
+# The F0 predictor's fp32 error against float64: within 2x the reference's own (RMS), as the other
+# fp32 stages (two conv summation orders; measured 1.1-1.6x over 5 full-size seeds).
+F0_EXACT_RATIO = 2.0
+
+
+def snr_pair(exact, wav) -> tuple:
+    """SNR of `wav` against `exact` over all samples and over those the exact answer leaves unclipped."""
+    exact, wav = np.asarray(exact, np.float64), np.asarray(wav, np.float64)
+    inside = np.abs(exact) < CLIP_LEVEL
+    return snr_db(exact, wav), (snr_db(exact[inside], wav[inside]) if inside.any() else None)
+
+
+def exact_checks(ref: dict, ours: dict, exact: dict, prefix: str) -> list:
+    """Ours and the fp32 reference, each against the float64 reference.
+
+    - F0 (an fp32 conv stack): our RMS error within F0_EXACT_RATIO x the reference's own, as
+      every other fp32 stage (t3_harness.exact_check).
+    - Source and waveform where F0 is injected (`voiced`): our SNR at least the reference's own
+      minus EXACT_SNR_MARGIN_DB, the waveform also over the samples float64 leaves unclipped.
+    - Source and waveform downstream of each side's own predicted F0 (`predicted`): figures only.
+      The phase integrates that F0's rounding (measured at full size: a 1.5x larger F0 RMS error
+      gave a 4.5x larger source error on one seed, a 1.1x smaller one on another), so they
+      measure the luck of that integral; the F0 rule above and `voiced` decide.
+    """
+    from .t3_harness import exact_check
+
+    checks = []
+    for name, sc in SCENARIOS.items():
+        for field in ("f0", "source", "wav"):
+            key = f"{name}/{field}"
+            if key not in exact or key not in ref:
+                continue
+            (o_all, o_in), (r_all, r_in) = snr_pair(exact[key], ours[key]), snr_pair(exact[key], ref[key])
+            snrs = {"snr_db": o_all, "reference_snr_db": r_all,
+                    **({"snr_db_unclipped": o_in, "reference_snr_db_unclipped": r_in} if field == "wav" else {})}
+            if field == "f0":
+                check = exact_check(f"{prefix}.{name}.f0_vs_float64", exact[key], ref[key], ours[key], F0_EXACT_RATIO)
+                checks.append({**check, **snrs})
+                continue
+            ok = o_all >= r_all - EXACT_SNR_MARGIN_DB
+            if field == "wav" and r_in is not None:
+                ok = ok and o_in is not None and o_in >= r_in - EXACT_SNR_MARGIN_DB
+            rule = f"snr >= reference's - {EXACT_SNR_MARGIN_DB:g} dB"
+            if not sc["f0"]:
+                rule, ok = "figure only: downstream of each side's own predicted F0 (see f0_vs_float64)", True
+            err = float(np.abs(np.asarray(ours[key], np.float64) - exact[key]).max())
+            checks.append({"name": f"{prefix}.{name}.{field}_vs_float64", "max_abs_err": err, "max_rel_err": None,
+                           "reference_err": float(np.abs(np.asarray(ref[key], np.float64) - exact[key]).max()),
+                           **snrs, "tolerance": rule, "ok": bool(ok)})
+    return checks
+
+
+def compare(ref: dict, ours: dict, size: str, prefix: str, exact: dict = None) -> list:
     """The checks; each a dict with name, max_abs_err, max_rel_err, tolerance, ok (+ SNRs, timings).
 
-    Compares what the reference record holds (fixtures keep only part of it).
+    Compares what the reference record holds (fixtures keep only part of it). With `exact` (the
+    float64 reference), the end-to-end waveform is judged against it (`*_vs_float64`): the fp32
+    reference's phase is an fp32 cumsum that drifts by itself, so our SNR against it is kept as a
+    figure, and the claim is that our error is no larger than the reference's own.
     """
     tol = TOLERANCES[size]
     checks = [_err(f"{prefix}.trim_fade", ref["trim_fade"], ours["trim_fade"], tol["trim_fade"])]
@@ -140,7 +198,12 @@ def compare(ref: dict, ours: dict, size: str, prefix: str) -> list:
             check["seconds_reference"] = float(ref[f"{name}/seconds"])
         check["tolerance"] = f"snr and unclipped snr >= {tol['snr_db']} dB"
         check["ok"] = min(check["snr_db"], check["snr_db_unclipped"] or np.inf) >= tol["snr_db"]
+        if exact is not None:  # decided by wav_vs_float64 instead
+            check["passes_fp32_bound"], check["ok"] = check["ok"], True
+            check["tolerance"] = "figure only; decided by wav_vs_float64"
         checks.append(check)
+    if exact is not None:
+        checks += exact_checks(ref, ours, exact, prefix)
     return checks
 
 
@@ -166,9 +229,12 @@ def hift_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: 
     np.savez(work / "in.npz", **inputs)
     parity.run_ref("ref_hift.py", "--ckpt", ckpt, "--size", size, "--inputs", work / "in.npz", "--out", work / "ref.npz")
     ref = dict(np.load(work / "ref.npz"))
+    parity.run_ref("ref_hift.py", "--ckpt", ckpt, "--size", size, "--inputs", work / "in.npz",
+                   "--out", work / "ref64.npz", "--dtype", "float64")
+    exact = dict(np.load(work / "ref64.npz"))
     hift = load_hift(ckpt / manifest["file"])
     ours = run_ours(hift, inputs, ref)
-    checks = compare(ref, ours, size, f"hift.{size}.{variant}")
+    checks = compare(ref, ours, size, f"hift.{size}.{variant}", exact=exact)
     if write_fixtures:
         spec = hift_spec(manifest["spec"])
         state = random_state_dict(spec, seed)

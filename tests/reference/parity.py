@@ -1,10 +1,13 @@
 """Parity of nightingale_mlx against the live reference (chatterbox-tts 0.1.7, its own env).
 
     python -m tests.reference.parity --component t3 --size tiny --seed 0 [--variant mtl-v2] [--write-fixtures]
+    python -m tests.reference.parity --component all --size full --seeds 5 [--summary out.json]
 
 Writes a random checkpoint in the original formats (reference env), runs the reference on it,
 converts it with our converter, runs ours on the same inputs and token choices, and prints one
-JSON line per check (name, max_abs_err, max_rel_err, tolerance, ok). Exits 1 on any failure.
+JSON line per check (name, max_abs_err, max_rel_err, tolerance, ok, seed). Exits 1 on any failure.
+`--seeds N` sweeps seeds --seed .. --seed + N - 1 (not hand-picked) and then prints, per check and
+figure, its min / median / worst over the seeds (sweep.py).
 The reference env is found through NIGHTINGALE_REF_PYTHON (default: what setup_env.sh made).
 """
 
@@ -14,11 +17,12 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from . import flow_harness, t3_harness
+from . import flow_harness, sweep, t3_harness
 from .sizes import t3_overrides
 
 HERE = Path(__file__).resolve().parent
@@ -51,13 +55,21 @@ def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bo
 
     checks, fixture = [], {}
     for mode, steps, params in t3_harness.SCENARIOS[t3_harness.family(variant)]:
+        if T3_SCENARIOS and mode not in T3_SCENARIOS:
+            continue
         inputs = t3_harness.make_inputs(variant, mode, steps, params, seed)
         np.savez(work / "in.npz", **inputs)
         run_ref("ref_t3.py", "--ckpt", ckpt, "--variant", variant, "--size", size,
                 "--inputs", work / "in.npz", "--out", work / "ref.npz")
         ref = dict(np.load(work / "ref.npz"))
-        ours = t3_harness.run_ours(model_dir, inputs, analyzer)
-        checks += t3_harness.compare(ref, ours, size, f"t3.{variant}.{mode}", params["min_p"])
+        # The float64 reference on the fp32 reference's tokens: the exact answer both are measured against.
+        forced = np.concatenate([ref["tokens"], inputs["forced"]])[:steps]
+        np.savez(work / "in64.npz", **{**inputs, "mode": np.array("teacher"), "forced": forced})
+        run_ref("ref_t3.py", "--ckpt", ckpt, "--variant", variant, "--size", size, "--dtype", "float64",
+                "--inputs", work / "in64.npz", "--out", work / "ref64.npz")
+        exact = dict(np.load(work / "ref64.npz"))
+        ours = t3_harness.run_ours(model_dir, inputs, analyzer, follow=ref["tokens"])
+        checks += t3_harness.compare(ref, ours, size, f"t3.{variant}.{mode}", params["min_p"], exact=exact)
         for k, v in ref.items():
             fixture[f"{mode}/ref/{k}"] = v[:FIXTURE_STEPS] if k in ("logits", "probs") else v
         for k, v in inputs.items():
@@ -70,6 +82,9 @@ def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bo
         np.savez_compressed(FIXTURES / f"t3_{size}_{variant}.npz", **fixture)
     return checks
 
+
+# --t3-scenario: run only these T3 scenarios (a full-size T3 seed takes ~20 min for all three).
+T3_SCENARIOS = []
 
 # name -> fn(size, variant, seed, work_dir, write_fixtures) -> list of checks. Components that
 # need several sub-harnesses (s3gen = flow + hift) list them in ALIASES.
@@ -90,28 +105,44 @@ COMPONENTS["e2e"] = e2e_harness.e2e_checks
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="nightingale_mlx vs the PyTorch reference")
-    p.add_argument("--component", default="t3", help="t3 (more as components land)")
+    p.add_argument("--component", default="t3", help="one of the components, s3gen (flow + hift) or all")
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
     p.add_argument("--variant", action="append", choices=["en", "mtl-v2", "mtl-v3"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the (first) seed")
+    p.add_argument("--seeds", type=int, default=1, help="sweep this many consecutive seeds")
+    p.add_argument("--summary", type=Path, help="also write the sweep's summary as JSON here")
     p.add_argument("--write-fixtures", action="store_true", help="also write tests/fixtures (tiny only)")
+    p.add_argument("--t3-scenario", action="append", choices=["teacher", "greedy", "sample"],
+                   help="only these T3 scenarios (default: all)")
     args = p.parse_args(argv)
-    if args.write_fixtures and args.size != "tiny":
-        p.error("--write-fixtures is for --size tiny")
+    T3_SCENARIOS[:] = args.t3_scenario or []
+    if args.write_fixtures and (args.size != "tiny" or T3_SCENARIOS):
+        p.error("--write-fixtures is for --size tiny, all scenarios")
 
-    names = ALIASES.get(args.component, [args.component])
+    names = list(COMPONENTS) if args.component == "all" else ALIASES.get(args.component, [args.component])
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         p.error(f"unknown component {args.component!r}; expected one of {', '.join([*COMPONENTS, *ALIASES])}")
     checks = []
-    for name in names:
-        for variant in args.variant or ["mtl-v2", "en"]:
-            with tempfile.TemporaryDirectory() as work:
-                checks += COMPONENTS[name](args.size, variant, args.seed, Path(work), args.write_fixtures)
-    for c in checks:
-        print(json.dumps(c))
-    failed = [c["name"] for c in checks if not c["ok"]]
-    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed", file=sys.stderr)
+    for seed in range(args.seed, args.seed + args.seeds):
+        for name in names:
+            for variant in args.variant or ["mtl-v2", "en"]:
+                start = time.perf_counter()
+                with tempfile.TemporaryDirectory() as work:
+                    new = COMPONENTS[name](args.size, variant, seed, Path(work), args.write_fixtures)
+                for c in new:
+                    c["seed"] = seed
+                    print(json.dumps(c), flush=True)  # as they come: a sweep runs for hours
+                print(f"{name} {variant} seed {seed}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+                checks += new
+    if args.seeds > 1:
+        summary = sweep.summarize(checks)
+        for row in summary:
+            print(json.dumps(row))
+        if args.summary:
+            args.summary.write_text(json.dumps(summary, indent=1))
+    failed = [f"{c['name']}@{c['seed']}" for c in checks if not c["ok"]]
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed {failed}", file=sys.stderr)
     sys.exit(1 if failed else 0)
 
 

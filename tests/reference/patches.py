@@ -165,15 +165,16 @@ def offline_resources(ckpt_dir) -> None:
 class MultinomialSpy:
     """Stands in for torch.multinomial inside T3.inference: records probs, picks the token."""
 
-    def __init__(self, choose):
+    def __init__(self, choose, dtype="float32"):
         self.choose = choose  # (step, probs (V,) numpy) -> int
+        self.dtype = dtype  # what is recorded: float32, or float64 for the float64 reference run
         self.probs = []
 
     def __call__(self, probs, num_samples=1):
         import torch
 
         p = probs[0].double().numpy()
-        self.probs.append(probs[0].float().numpy().copy())
+        self.probs.append(probs[0].double().numpy().astype(self.dtype))
         token = int(self.choose(len(self.probs) - 1, p))
         return torch.tensor([[token]], dtype=torch.long)
 
@@ -189,7 +190,7 @@ def install_multinomial_spy(spy: MultinomialSpy):
     t3_module.torch = _TorchProxy()
 
 
-def install_logits_spy(record: list):
+def install_logits_spy(record: list, dtype: str = "float32"):
     """Records each backbone call's last-row logits (both CFG rows) before any processing."""
     from chatterbox.models.t3.inference.t3_hf_backend import T3HuggingfaceBackend
 
@@ -197,7 +198,7 @@ def install_logits_spy(record: list):
 
     def forward(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        record.append(out.logits[:, -1, :].float().numpy().copy())
+        record.append(out.logits[:, -1, :].double().numpy().astype(dtype))
         return out
 
     T3HuggingfaceBackend.forward = forward
@@ -277,3 +278,16 @@ def disable_watermark(tts) -> None:
     """Output patch: `generate()` ends with Perth's `apply_watermark` (a neural watermark our port
     does not apply, README); an identity watermarker leaves the waveform the models computed."""
     tts.watermarker = _NoWatermark()
+
+
+def allow_float64_masks() -> None:
+    """Float64 runs only: the CFM decoder's `mask_to_bias` asserts a 16/32-bit dtype. This is the
+    same expression, `(1 - mask) * -1e10` in the requested dtype, without that whitelist."""
+    import chatterbox.models.s3gen.decoder as decoder
+    import torch
+
+    def mask_to_bias(mask, dtype):
+        assert mask.dtype == torch.bool
+        return (1.0 - mask.to(dtype)) * -1.0e10
+
+    decoder.mask_to_bias = mask_to_bias

@@ -6,6 +6,9 @@ For each scenario in the inputs (`<name>/mel` (1, T, 80) channels-last, `<name>/
 `<name>/noise` (1, N, 9), optional `<name>/f0` (1, T)) it records the predicted F0, the NSF
 source, conv_post's output and the waveform of `HiFTGenerator.inference`, with the SineGen phases
 and noise (and F0, where given) injected through patches.py. Also records S3Gen's `trim_fade`.
+`--dtype float64` is the exact answer: the module after `.double()`, float64 inputs, torch's
+default dtype float64 (SineGen builds its phase matrix with a bare `torch.zeros`, so its cumsum
+runs in float64 too) and the Hann window computed in float64 (a plain attribute `.double()` misses).
 """
 
 import argparse
@@ -46,6 +49,7 @@ def main(argv=None):
     p.add_argument("--size", default="tiny")
     p.add_argument("--inputs", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--dump-spec", action="store_true",
                    help="only write the mel2wav key spec (name, shape, dtype) of S3Gen at --size as JSON")
     args = p.parse_args(argv)
@@ -56,22 +60,29 @@ def main(argv=None):
         args.out.write_text(json.dumps(spec))
         return
     inputs = dict(np.load(args.inputs, allow_pickle=False))
-    s3gen = load_s3gen(args.ckpt)
+    dtype = getattr(torch, args.dtype)
+    torch.set_default_dtype(dtype)
+    s3gen = load_s3gen(args.ckpt).to(dtype)
     hift = s3gen.mel2wav
+    if args.dtype == "float64":
+        from scipy.signal import get_window
+
+        hift.stft_window = torch.from_numpy(get_window("hann", hift.istft_params["n_fft"], fftbins=True))
+    tensor = lambda a: torch.from_numpy(a).to(dtype)  # noqa: E731
     predictor = hift.f0_predictor
     out = {"trim_fade": s3gen.trim_fade.numpy()}
     post = []  # conv_post's output (log-magnitude | phase), before exp/sin and the iSTFT
     hift.conv_post.register_forward_hook(lambda module, inp, output: post.append(output))
     for name in json.loads(str(inputs["scenarios"])):
-        mel = torch.from_numpy(inputs[f"{name}/mel"]).transpose(1, 2).contiguous()  # (1, 80, T)
-        noise = torch.from_numpy(inputs[f"{name}/noise"]).transpose(1, 2).contiguous()  # (1, 9, N)
-        phases = torch.from_numpy(inputs[f"{name}/phases"])[..., None]  # (1, 9, 1)
+        mel = tensor(inputs[f"{name}/mel"]).transpose(1, 2).contiguous()  # (1, 80, T)
+        noise = tensor(inputs[f"{name}/noise"]).transpose(1, 2).contiguous()  # (1, 9, N)
+        phases = tensor(inputs[f"{name}/phases"])[..., None]  # (1, 9, 1)
         patches.install_hift_randomness(phases, noise)
         hift.f0_predictor = predictor
         with torch.inference_mode():
             out[f"{name}/f0"] = predictor(mel).numpy()
             if f"{name}/f0" in inputs:
-                patches.install_hift_f0(hift, torch.from_numpy(inputs[f"{name}/f0"]))
+                patches.install_hift_f0(hift, tensor(inputs[f"{name}/f0"]))
             start = time.perf_counter()
             wav, source = hift.inference(speech_feat=mel)
             out[f"{name}/seconds"] = np.array(time.perf_counter() - start)

@@ -5,6 +5,8 @@ Records the conditioning tokens, every backbone call's last-row logits (both CFG
 processed distribution that `torch.multinomial` receives, and the tokens. The token at each step
 is chosen by the inputs' mode: `teacher` (forced list), `greedy` (argmax) or `sample` (inverse
 CDF of shared uniforms), so both implementations follow the same path.
+`--dtype float64` runs the same module after `.double()` with float64 inputs (the exact answer
+both fp32 implementations are measured against; no arithmetic is changed) and records float64.
 """
 
 import argparse
@@ -45,7 +47,9 @@ def main(argv=None):
     p.add_argument("--size", default="tiny")
     p.add_argument("--inputs", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
 
     patches.apply_sizes(args.size)
     inputs = dict(np.load(args.inputs, allow_pickle=False))
@@ -54,19 +58,20 @@ def main(argv=None):
     t3 = build_t3(args.variant)
     t3.load_state_dict(load_file(str(args.ckpt / T3_FILES[args.variant])))
     t3.eval()
+    t3.to(dtype)
 
-    logits, spy = [], patches.MultinomialSpy(choose_fn(inputs))
-    patches.install_logits_spy(logits)
+    logits, spy = [], patches.MultinomialSpy(choose_fn(inputs), dtype=args.dtype)
+    patches.install_logits_spy(logits, dtype=args.dtype)
     patches.install_multinomial_spy(spy)
 
     cond = T3Cond(
-        speaker_emb=torch.from_numpy(inputs["speaker_emb"]),
+        speaker_emb=torch.from_numpy(inputs["speaker_emb"]).to(dtype),
         cond_prompt_speech_tokens=torch.from_numpy(inputs["prompt_tokens"]).long(),
-        emotion_adv=float(inputs["exaggeration"]) * torch.ones(1, 1, 1),
+        emotion_adv=float(inputs["exaggeration"]) * torch.ones(1, 1, 1, dtype=dtype),
     )
     text = torch.from_numpy(inputs["text_tokens"]).long()[None]
     with torch.inference_mode():
-        cond_emb = t3.prepare_conditioning(cond).float().numpy()
+        cond_emb = t3.prepare_conditioning(cond).to(dtype).numpy()
         tokens = t3.inference(
             t3_cond=cond,
             text_tokens=torch.cat([text, text]),
