@@ -24,8 +24,8 @@ from nightingale_mlx.models.t3 import T3
 from nightingale_mlx.random_weights import random_state_dict
 
 
-def build(size: str, outlier_scale: float, seed: int = 0) -> dict:
-    """Full-precision weights by name, with outlier channels when outlier_scale > 1."""
+def build(size: str, outlier_scale: float, seed: int = 0):
+    """(config, full-precision weights by name), with outlier channels when outlier_scale > 1."""
     cfg = T3Config() if size == "full" else T3Config(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                                                      num_attention_heads=2, num_key_value_heads=2)
     spec = [(k, v.shape) for k, v in tree_flatten(T3(cfg).parameters())]

@@ -17,7 +17,6 @@ def variant_files(variant: str) -> list:
 
 def fetch_checkpoint(repo_id: str, variant: str) -> Path:
     from huggingface_hub import snapshot_download
-
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:

@@ -162,21 +162,21 @@ def verify(bundle, model_dir) -> dict:
         raise VerifyError(f"{bundle}: no {MANIFEST}; is this a .nightingale bundle? (nightingale export-ios)")
     manifest = json.loads((bundle / MANIFEST).read_text())
     t3, _ = model_io.load_t3(model_dir)
-    # The package computes in fp16; its reference is the same weights with fp32 activations (a
-    # quantized T3 is bf16 by default, whose own rounding would dominate the comparison).
-    t3_fp32, _ = model_io.load_t3(model_dir)
-    t3_fp32.set_dtype(mx.float32)
     interp = Interpreter(bundle / T3_PACKAGE)
     weights = bundle / T3_PACKAGE / "Data" / "com.apple.CoreML" / "weights"
     t3_bytes = package_size(weights)
+    t3_structure, t3_codes = structure(interp, t3, manifest), codes(interp, t3)
+    # The package computes in fp16; its reference is the same weights with fp32 activations (a
+    # quantized T3 is bf16 by default, whose own rounding would dominate the comparison).
+    t3.set_dtype(mx.float32)
     report = {
         "bundle": str(bundle),
         "hashes_ok": file_hashes(bundle) == manifest["files"],
         "bundle_bytes": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()),
         "t3": {
-            "structure": structure(interp, t3, manifest),
-            "codes": codes(interp, t3),
-            "numerics": t3_numerics(interp, t3_fp32, manifest),
+            "structure": t3_structure,
+            "codes": t3_codes,
+            "numerics": t3_numerics(interp, t3, manifest),
             "weight_bytes": t3_bytes,
             "weight_fraction_of_fp32": t3_bytes / t3_fp32_bytes(t3),
         },

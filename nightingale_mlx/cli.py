@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 from . import __version__, blas, progress
-from .outputs import check_output_dir, check_output_file, read_text
+from .outputs import AUDIO_FORMATS, check_output_dir, check_output_file, read_text
 
-SUFFIXES = {"speak": (".wav", ".flac"), "voice": (".safetensors",)}
+VOICE_FORMATS = (".safetensors",)
 
 
 class _OncePerRun(logging.Filter):
@@ -71,7 +71,7 @@ def _load(args):
 
 def _speak(args) -> None:
     text = read_text(args.text, args.file)
-    out = check_output_file(args.output or default_output(text), SUFFIXES["speak"], args.force)  # before the work
+    out = check_output_file(args.output or default_output(text), AUDIO_FORMATS, args.force)  # before the work
     tts = _load(args)
     show = progress.enabled(args.quiet or args.json)
     sampling = {k: getattr(args, k) for k in ("temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p")}
@@ -149,7 +149,7 @@ def _speak_stream(args, text, out, tts, sampling, show) -> None:
 
 
 def _voice(args) -> None:
-    out = check_output_file(args.out, SUFFIXES["voice"], args.force)
+    out = check_output_file(args.out, VOICE_FORMATS, args.force)
     tts = _load(args)
     voice = tts.prepare_voice(args.reference)
     voice.save(out)
@@ -159,17 +159,18 @@ def _voice(args) -> None:
 def _convert(args) -> None:
     from convert.convert import STEPS, convert
 
+    from .synthetic import COMPONENTS as SYNTHETIC_COMPONENTS, convert_synthetic
+
     out = check_output_dir(args.out, args.force)
     _recipe(args)
     synthetic = args.checkpoint == "synthetic"
-    with progress.steps(progress.enabled(args.quiet), 4 if synthetic else len(STEPS), "converting") as bar:
+    total = len(SYNTHETIC_COMPONENTS if synthetic else STEPS)
+    with progress.steps(progress.enabled(args.quiet), total, "converting") as bar:
         def step(name):
             bar.set_postfix_str(f"{name} done")
             bar.update()
 
         if synthetic:
-            from .synthetic import convert_synthetic
-
             variant = "en" if args.variant == "auto" else args.variant
             out = convert_synthetic(out, variant, args.quantize, force=args.force, progress=step, profile=args.profile)
         else:

@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 
 # Speech-token arithmetic shared by every stage (spec §0).
 SPEECH_VOCAB_SIZE = 6561  # real S3 codes are 0..6560 (3^8)
+SPEECH_TOKENS_PER_SECOND = 25  # S3 tokens per second of speech
 START_SPEECH_TOKEN = 6561
 STOP_SPEECH_TOKEN = 6562
 START_TEXT_TOKEN = 255

@@ -80,5 +80,3 @@ def read_text(text, file) -> str:
     if not sys.stdin.isatty():
         return sys.stdin.read()
     raise ValueError("no text: pass TEXT, -f FILE, or pipe text on stdin")
-
-

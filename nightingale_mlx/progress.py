@@ -6,7 +6,7 @@ import time
 
 from tqdm import tqdm
 
-TOKENS_PER_SECOND = 25  # speech tokens per second of audio (S3 tokenizer rate)
+from .config import SPEECH_TOKENS_PER_SECOND
 
 
 def enabled(quiet: bool) -> bool:
@@ -51,7 +51,7 @@ class SpeechProgress:
             self._postfix()
 
     def _postfix(self) -> None:
-        speech = self.audio_s if self.audio_s is not None else self.tokens / TOKENS_PER_SECOND
+        speech = self.audio_s if self.audio_s is not None else self.tokens / SPEECH_TOKENS_PER_SECOND
         rtf = f", RTF {(time.perf_counter() - self.start) / speech:.1f}" if speech > 0 else ""
         self.bar.set_postfix_str(f"{self.tokens} tokens ({speech:.1f} s of speech{rtf})")
 

@@ -37,6 +37,7 @@ def synthetic_voice_wav(seconds: float = VOICE_SECONDS, sr: int = VOICE_RATE) ->
 
 
 VARIANTS = ("en", "mtl-v2", "mtl-v3")
+COMPONENTS = ["t3", "s3gen", "cloning", "text"]  # what its conversion writes
 MTL_TEXT_VOCAB = 2454  # T3Config.is_multilingual keys on it
 MTL_TEXT_TENSORS = ("text_emb.weight", "text_head.weight")
 
@@ -72,7 +73,7 @@ def convert_synthetic(out: Path, variant: str = "en", quantize: str = "fp32", fo
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_checkpoint(Path(tmp), variant)
-        return convert(ckpt, out, variant=variant, quantize=quantize, components=["t3", "s3gen", "cloning", "text"],
+        return convert(ckpt, out, variant=variant, quantize=quantize, components=COMPONENTS,
                        t3_overrides=T3_OVERRIDES, force=force, progress=progress, **kwargs)
 
 

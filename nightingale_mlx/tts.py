@@ -13,14 +13,13 @@ import numpy as np
 
 from . import model_io
 from .audio.clip import Audio
-from .config import PROFILES, SPEECH_VOCAB_SIZE
+from .config import PROFILES, SPEECH_TOKENS_PER_SECOND, SPEECH_VOCAB_SIZE
 from .models.s3gen import S3GEN_SR
 from .sampling import SamplingParams
 from .text import TextError, Tokenizer, estimate_seconds, split_text, validate_language
 from .voice import Voice, VoiceError, load_cloning, prepare_voice
 
 DEFAULT_VOICE = Path("voices") / "default.safetensors"
-SPEECH_TOKENS_PER_SECOND = 25
 # End-of-speech guard: tokens capped at this many seconds per estimated second of text, plus slack.
 TOKEN_CAP_RATIO, TOKEN_CAP_SLACK_S = 2.5, 3.0
 SENTENCE_PAUSE_S = 0.15
