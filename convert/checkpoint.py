@@ -411,11 +411,17 @@ def flatten_state(obj, prefix: str = "") -> dict:
 
 
 # Multilingual checkpoints ship .pt files, English ones .safetensors; either is accepted.
-FILE_ORDER = {"en": (".safetensors", ".pt"), "mtl-v2": (".pt", ".safetensors"), "mtl-v3": (".pt", ".safetensors")}
+FILE_ORDER = {"en": (".safetensors", ".pt"), "mtl-v2": (".pt", ".safetensors"), "mtl-v3": (".pt", ".safetensors"),
+              "turbo": (".safetensors", ".pt"), "nano": (".safetensors", ".pt")}
+
+
+# Turbo/Nano name their S3Gen by its decoder (tts_turbo.from_local).
+STEM_FOR_VARIANT = {("s3gen", "turbo"): "s3gen_meanflow", ("s3gen", "nano"): "s3gen_meanflow"}
 
 
 def find_checkpoint_file(checkpoint: Path, stem: str, variant: str) -> Path:
     """`<stem>.pt` or `<stem>.safetensors` in a checkpoint dir, the variant's usual format first."""
+    stem = STEM_FOR_VARIANT.get((stem, variant), stem)
     for suffix in FILE_ORDER.get(variant, (".pt", ".safetensors")):
         if (Path(checkpoint) / f"{stem}{suffix}").is_file():
             return Path(checkpoint) / f"{stem}{suffix}"

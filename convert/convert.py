@@ -12,7 +12,7 @@ from typing import Optional
 import mlx.core as mx
 
 from nightingale_mlx import model_io, quant
-from nightingale_mlx.config import DEFAULT_PROFILE, T3_CHECKPOINT_FILES, ModelConfig, T3Config
+from nightingale_mlx.config import DEFAULT_PROFILE, T3_CHECKPOINT_FILES, TURBO_VARIANTS, ModelConfig, T3Config
 from nightingale_mlx.models.t3 import T3
 
 from .checkpoint import read_weights
@@ -22,8 +22,9 @@ from .s3gen import s3gen_step
 from .text import text_step
 from .voices import voices_step
 
-# Preference when a dir holds several variants (the HF repo holds all three): newest first.
-AUTO_ORDER = ("mtl-v3", "mtl-v2", "en")
+# Preference when a dir holds several variants (the HF repo holds all three): newest first. Turbo
+# and Nano have repos of their own, so a dir with their T3 is theirs.
+AUTO_ORDER = ("turbo", "nano", "mtl-v3", "mtl-v2", "en")
 
 
 def detect_variant(checkpoint: Path, variant: str = "auto") -> str:
@@ -44,7 +45,10 @@ def convert_t3(checkpoint: Path, variant: str, recipe: quant.Recipe, overrides: 
     weights = read_weights(checkpoint / T3_CHECKPOINT_FILES[variant])
     dims = t3_dims(weights)
     cfg = T3Config.from_dict({**dims, **(overrides or {})})
-    if (variant == "en") == cfg.is_multilingual:
+    if cfg.is_gpt2 != (variant in TURBO_VARIANTS):
+        raise ConversionError(f"the {variant} variant's T3 has a {'Llama' if not cfg.is_gpt2 else 'GPT-2'} "
+                              f"backbone here; {'only Turbo/Nano are GPT-2' if not cfg.is_gpt2 else 'GPT-2 is Turbo/Nano'}")
+    if not cfg.is_gpt2 and (variant == "en") == cfg.is_multilingual:
         raise ConversionError(
             f"{variant} checkpoint has a text vocabulary of {cfg.text_vocab_size}, which is the other variant's"
         )
@@ -181,7 +185,7 @@ def _resolve_checkpoint(checkpoint, variant: str) -> Path:
     if path.exists():
         raise ConversionError(f"{path}: expected a checkpoint directory, got a file")
     if str(checkpoint).count("/") == 1 and not str(checkpoint).startswith((".", "/")):
-        from .hub import fetch_checkpoint
+        from .hub import default_variant, fetch_checkpoint
 
-        return fetch_checkpoint(str(checkpoint), "mtl-v3" if variant == "auto" else variant)
+        return fetch_checkpoint(str(checkpoint), default_variant(str(checkpoint)) if variant == "auto" else variant)
     raise ConversionError(f"{checkpoint}: no such checkpoint dir (or Hugging Face repo id like ResembleAI/chatterbox)")

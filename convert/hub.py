@@ -2,14 +2,24 @@
 
 from pathlib import Path
 
-from nightingale_mlx.config import T3_CHECKPOINT_FILES
+from nightingale_mlx.config import T3_CHECKPOINT_FILES, TURBO_VARIANTS
 
 from .text import text_files
 
 DEFAULT_REPO = "ResembleAI/chatterbox"
+# Turbo and Nano live in repos of their own (tts_turbo.REPO_ID; Nano per the issue, unverified).
+VARIANT_REPOS = {"ResembleAI/chatterbox-turbo": "turbo", "ResembleAI/chatterbox-nano": "nano"}
+
+
+def default_variant(repo_id: str) -> str:
+    """The variant `auto` means for a repo: its own for the Turbo/Nano repos, else mtl-v3."""
+    return VARIANT_REPOS.get(repo_id, "mtl-v3")
 
 
 def variant_files(variant: str) -> list:
+    if variant in TURBO_VARIANTS:
+        return [T3_CHECKPOINT_FILES[variant], "s3gen_meanflow.safetensors", "ve.safetensors", "conds.pt",
+                *text_files(variant)]
     # The English files are safetensors, the multilingual ones torch pickles (read without torch).
     ext = "safetensors" if variant == "en" else "pt"
     return [T3_CHECKPOINT_FILES[variant], f"s3gen.{ext}", f"ve.{ext}", "conds.pt", *text_files(variant)]

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nightingale_mlx.config import TURBO_VARIANTS
 from nightingale_mlx.voice import Voice
 
 from .checkpoint import flatten_state, read_pt
@@ -21,8 +22,8 @@ CONDS_FIELDS = {
 }
 
 
-def voice_from_conds(path) -> Voice:
-    """Reads conds.pt without torch (tensors only) into a Voice."""
+def voice_from_conds(path, family: str = "standard") -> Voice:
+    """Reads conds.pt without torch (tensors only) into a Voice (for `family`'s models)."""
     flat = flatten_state(read_pt(path))
     missing = [k for k in CONDS_FIELDS if k not in flat]
     if missing:
@@ -31,14 +32,14 @@ def voice_from_conds(path) -> Voice:
     for key, name in CONDS_FIELDS.items():
         value = flat[key]
         arrays[name] = value.astype(np.int32) if np.issubdtype(value.dtype, np.integer) else value.astype(np.float32)
-    return Voice(**arrays)
+    return Voice(**arrays, family=family)
 
 
-def convert_conds(conds_path, out_path) -> Path:
+def convert_conds(conds_path, out_path, family: str = "standard") -> Path:
     """conds.pt -> a Voice safetensors file at out_path."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    return voice_from_conds(conds_path).save(out_path)
+    return voice_from_conds(conds_path, family).save(out_path)
 
 
 def voices_step(checkpoint: Path, variant: str, recipe, config, out: Path, options: dict):
@@ -46,4 +47,4 @@ def voices_step(checkpoint: Path, variant: str, recipe, config, out: Path, optio
     conds = Path(checkpoint) / "conds.pt"
     if not conds.is_file():
         raise ConversionError(f"{checkpoint}: no conds.pt (the built-in voice)")
-    convert_conds(conds, Path(out) / DEFAULT_VOICE)
+    convert_conds(conds, Path(out) / DEFAULT_VOICE, "turbo" if variant in TURBO_VARIANTS else "standard")

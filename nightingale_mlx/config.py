@@ -18,12 +18,20 @@ STOP_TEXT_TOKEN = 0
 MULTILINGUAL_TEXT_VOCAB = 2454
 ENGLISH_TEXT_VOCAB = 704
 
-VARIANTS = ("en", "mtl-v2", "mtl-v3")
+VARIANTS = ("en", "mtl-v2", "mtl-v3", "turbo", "nano")
 T3_CHECKPOINT_FILES = {
     "en": "t3_cfg.safetensors",
     "mtl-v2": "t3_mtl23ls_v2.safetensors",
     "mtl-v3": "t3_mtl23ls_v3.safetensors",
+    "turbo": "t3_turbo_v1.safetensors",
+    "nano": "t3_nano_v1.safetensors",
 }
+# Turbo and Nano: a GPT-2 T3 without CFG, the meanflow S3Gen, the GPT-2 BPE tokenizer (tts_turbo.py).
+TURBO_VARIANTS = ("turbo", "nano")
+TURBO_TEXT_VOCAB = 50276  # GPT-2's 50257 + Chatterbox's added tokens ([laugh], [sigh], ...)
+TURBO_SPEECH_VOCAB = 6563  # 6561 codes + start + stop
+S3GEN_SILENCE_TOKEN = 4299  # S3GEN_SIL: tts_turbo.generate appends three after T3's tokens
+TURBO_SILENCE_TOKENS = 3
 
 # The reference's (layer, head) pairs whose attention tracks text position (0.1.7 analyzer).
 LLAMA_ALIGNED_HEADS = ((12, 15), (13, 11), (9, 2))
@@ -76,6 +84,17 @@ class T3Config(BaseConfig):
     alignment_heads: List[Tuple[int, int]] = field(
         default_factory=lambda: [list(p) for p in LLAMA_ALIGNED_HEADS]
     )
+    # Turbo/Nano (GPT-2) differences, each named after what it does; the defaults are the Llama T3's.
+    backbone: str = "llama"  # "llama" (mlx-lm Llama, RoPE) or "gpt2" (mlx-lm GPT-2, learned wpe)
+    max_positions: int = 8196  # GPT-2 wpe rows (n_positions)
+    layer_norm_eps: float = 1e-5  # GPT-2 LayerNorms
+    learned_input_pos: bool = True  # T3's own text/speech position embeddings (input_pos_emb="learned")
+    use_perceiver: bool = True  # the prompt goes through the perceiver (else its raw embeddings)
+    emotion_adv: bool = True  # the exaggeration token ends the conditioning
+    speech_head_bias: bool = False
+    repeat_bos: bool = True  # `inference` feeds BOS twice; `inference_turbo` once
+    bos_always_penalised: bool = True  # turbo: BOS is in the penalty history of the first step only
+    prefill_token_stops: bool = True  # turbo: an EOS sampled from the prefill does not end generation
 
     @property
     def is_multilingual(self) -> bool:
@@ -83,8 +102,25 @@ class T3Config(BaseConfig):
         return self.text_vocab_size == MULTILINGUAL_TEXT_VOCAB
 
     @property
+    def is_gpt2(self) -> bool:
+        return self.backbone == "gpt2"
+
+    @property
     def cond_len(self) -> int:
-        return 1 + self.perceiver_queries + 1  # speaker | perceiver | emotion
+        """speaker | perceiver | emotion (the Llama T3's fixed length; a GPT-2 T3's grows with the prompt)."""
+        return 1 + self.perceiver_queries + 1
+
+    def gpt2_args(self) -> dict:
+        return dict(
+            model_type="gpt2",
+            n_ctx=self.max_positions,
+            n_embd=self.hidden_size,
+            n_head=self.num_attention_heads,
+            n_layer=self.num_hidden_layers,
+            n_positions=self.max_positions,
+            layer_norm_epsilon=self.layer_norm_eps,
+            vocab_size=8,  # unused: T3 feeds its own input embeddings (the reference deletes wte)
+        )
 
     def llama_args(self) -> dict:
         return dict(
@@ -137,6 +173,11 @@ class ModelConfig(BaseConfig):
     text: Optional[dict] = None
     format_version: str = "1"
 
+    @property
+    def is_turbo(self) -> bool:
+        """Turbo and Nano: GPT-2 T3 sampling, meanflow S3Gen, 15 s loudness-normalised voices."""
+        return self.variant in TURBO_VARIANTS
+
     def __post_init__(self):
         if isinstance(self.t3, dict):
             self.t3 = T3Config.from_dict(self.t3)
@@ -168,6 +209,7 @@ class FlowConfig(BaseConfig):
     decoder_mid_blocks: int = 12
     n_timesteps: int = 10
     inference_cfg_rate: float = 0.7
+    meanflow: bool = False  # Turbo's distilled decoder: time mixer over (t, r), 2 plain Euler steps, no CFG
 
     @property
     def decoder_in_channels(self) -> int:
@@ -276,7 +318,7 @@ class CloningConfig(BaseConfig):
 
 
 # Text front end (spec §2): the tokenizer kinds and the multilingual preprocessing paths.
-TEXT_KINDS = ("mtl", "en")
+TEXT_KINDS = ("mtl", "en", "gpt2")
 TEXT_PREPROC = ("v2", "nfkd_fullcase")  # "v2" = reference HEAD (also for v3); see text/tokenizer.py
 
 
@@ -285,6 +327,6 @@ class TextConfig(BaseConfig):
     """The `text` section of config.json: tokenizer file, kind and preprocessing path."""
 
     tokenizer: str
-    kind: str = "mtl"
+    kind: str = "mtl"  # "mtl", "en" or "gpt2" (Turbo/Nano)
     text_preproc: Optional[str] = "v2"  # None for the English tokenizer
     cangjie: Optional[str] = None  # the zh table's file name in the model dir, when converted

@@ -10,6 +10,9 @@ from typing import Callable, Optional
 import mlx.core as mx
 
 
+ORDERS = ("penalty_first", "warpers_first")
+
+
 @dataclass
 class SamplingParams:
     temperature: float = 0.8
@@ -18,9 +21,15 @@ class SamplingParams:
     min_p: float = 0.05
     top_p: float = 1.0
     max_new_tokens: int = 1000
+    top_k: int = 0  # 0: off (Turbo's reference uses 1000)
+    # "penalty_first": T3.inference (penalty, temperature, min-p, top-p); "warpers_first":
+    # T3.inference_turbo (temperature, top-k, top-p, then the penalty).
+    order: str = "penalty_first"
 
     def __post_init__(self):
         checks = (
+            (self.order in ORDERS, f"order must be one of {', '.join(ORDERS)}"),
+            (isinstance(self.top_k, int) and self.top_k >= 0, "top_k must be an integer >= 0 (0 turns it off)"),
             (self.temperature >= 0, "temperature must be >= 0 (0 means greedy)"),
             (self.cfg_weight >= 0, "cfg_weight must be >= 0"),
             (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
@@ -69,13 +78,29 @@ def apply_top_p(logits: mx.array, top_p: float) -> mx.array:
     return mx.where(mx.take_along_axis(remove, inverse, axis=-1), -mx.inf, logits)
 
 
+def apply_top_k(logits: mx.array, top_k: int) -> mx.array:
+    """HF TopKLogitsWarper: drop scores below the k-th largest (ties with it are kept)."""
+    if top_k <= 0 or top_k >= logits.shape[-1]:
+        return logits
+    kth = mx.topk(logits, top_k, axis=-1).min(axis=-1, keepdims=True)
+    return mx.where(logits < kth, -mx.inf, logits)
+
+
+def _temperature(logits: mx.array, temperature: float) -> mx.array:
+    return logits / temperature if temperature > 0 and temperature != 1.0 else logits
+
+
 def process_logits(logits: mx.array, seen: mx.array, params: SamplingParams) -> mx.array:
-    """Repetition penalty, temperature, min-p, top-p on (1, V) float32 logits."""
+    """The reference's processors on (1, V) float32 logits, in `params.order`."""
+    if params.order == "warpers_first":
+        # inference_turbo: the penalty comes last, so it rescales only what top-k/top-p kept (-inf stays).
+        logits = _temperature(logits, params.temperature)
+        logits = apply_top_p(apply_top_k(logits, params.top_k), params.top_p)
+        return apply_repetition_penalty(logits, seen, params.repetition_penalty)
     logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    if params.temperature > 0 and params.temperature != 1.0:
-        logits = logits / params.temperature
+    logits = _temperature(logits, params.temperature)
     logits = apply_min_p(logits, params.min_p)
-    return apply_top_p(logits, params.top_p)
+    return apply_top_p(apply_top_k(logits, params.top_k), params.top_p)
 
 
 def make_sampler(temperature: float, key: Optional[mx.array] = None) -> Callable[[mx.array], mx.array]:

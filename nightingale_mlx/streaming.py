@@ -12,6 +12,7 @@
   (`holdback_frames`), and a short linear crossfade joins the renders.
 """
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional
@@ -20,7 +21,7 @@ import mlx.core as mx
 import numpy as np
 
 from .audio.fade import TRIM_FADE_SAMPLES, trim_fade_window
-from .config import SPEECH_VOCAB_SIZE
+from .config import S3GEN_SILENCE_TOKEN, SPEECH_VOCAB_SIZE
 
 NOISE_BLOCK_FRAMES = 64  # CFM noise is drawn in blocks of this many frames
 BLOCK_KEY_STRIDE = 0x9E3779B97F4A7C15  # spreads block indices over the seed space (golden ratio)
@@ -281,8 +282,11 @@ def stream_speech(tts, sentences, language, voice, exaggeration, params, seed, f
         if key is not None:
             key, t3_key, s3_key = mx.random.split(key, 3)
         tokens = tts.speech_tokens(sentence, language, voice, exaggeration, params, t3_key, max_new_tokens)
-        pieces = stream_tokens(tts.s3gen, tokens, voice, key=s3_key, first_chunk_tokens=first_chunk_tokens,
-                               chunk_tokens=chunk_tokens, config=config, drop_last_token=tts.profile.drop_last_token,
+        options = tts.s3gen_options()
+        # Turbo's silence tokens follow T3's last token, as generate() appends them.
+        padded = itertools.chain(tokens, [S3GEN_SILENCE_TOKEN] * options["silence_tokens"])
+        pieces = stream_tokens(tts.s3gen, padded, voice, key=s3_key, first_chunk_tokens=first_chunk_tokens,
+                               chunk_tokens=chunk_tokens, config=config, drop_last_token=options["drop_last_token"],
                                clock_start=t0)
         try:
             for samples, final, tokens_ready, audio_ready in pieces:

@@ -4,7 +4,8 @@ It writes a random checkpoint in the original layout (the reference's key names 
 `data/synthetic_en.json`), converts it like any download, clones a default voice from a synthetic
 buzz, and so exercises conversion -> voice -> T3 -> S3Gen -> wav. Variant `en` (default) speaks
 English only; `mtl-v2`/`mtl-v3` take all 23 languages through the real multilingual text front end
-(the test suite's synthetic grapheme vocabulary of the real size, 2454). Real speech needs the
+(the test suite's synthetic grapheme vocabulary of the real size, 2454); `turbo`/`nano` are a tiny
+GPT-2 T3 (Nano smaller), the meanflow S3Gen and a synthetic GPT-2 tokenizer. Real speech needs the
 real weights from the Hugging Face hub.
 """
 
@@ -22,6 +23,7 @@ SEED = 0
 # The tiny T3 has 4 layers: the analyzer's real (12, 15) heads are remapped (unused by en anyway).
 T3_OVERRIDES = {"alignment_heads": [[3, 1], [2, 0], [1, 1]]}
 VOICE_SECONDS, VOICE_RATE = 4.0, 24000
+TURBO_VOICE_SECONDS = 6.0
 DEFAULT_VOICE = Path("voices") / "default.safetensors"
 
 
@@ -36,10 +38,41 @@ def synthetic_voice_wav(seconds: float = VOICE_SECONDS, sr: int = VOICE_RATE) ->
     return (0.3 * envelope * wav / 3 + 0.01 * noise).astype(np.float32)
 
 
-VARIANTS = ("en", "mtl-v2", "mtl-v3")
+VARIANTS = ("en", "mtl-v2", "mtl-v3", "turbo", "nano")
 COMPONENTS = ["t3", "s3gen", "cloning", "text"]  # what its conversion writes
 MTL_TEXT_VOCAB = 2454  # T3Config.is_multilingual keys on it
 MTL_TEXT_TENSORS = ("text_emb.weight", "text_head.weight")
+
+
+# Tiny GPT-2 T3 sizes (width, layers, heads): Nano is smaller than Turbo, as in the real models.
+GPT2_SIZES = {"turbo": (128, 4, 2), "nano": (64, 2, 1)}
+TURBO_TEXT_VOCAB, TURBO_SPEECH_VOCAB, GPT2_POSITIONS = 50276, 6563, 8196
+MIXER = "flow.decoder.estimator.time_embed_mixer.weight"
+
+
+def gpt2_t3_spec(width: int, layers: int) -> list:
+    """The key list of a Turbo/Nano T3 state dict (tts_turbo's T3(hp) with GPT-2 of this size)."""
+    spec = [["tfmr.wte.weight", [TURBO_TEXT_VOCAB, width]], ["tfmr.wpe.weight", [GPT2_POSITIONS, width]]]
+    for i in range(layers):
+        h = f"tfmr.h.{i}"
+        spec += [[f"{h}.ln_1.weight", [width]], [f"{h}.ln_1.bias", [width]],
+                 [f"{h}.attn.c_attn.weight", [width, 3 * width]], [f"{h}.attn.c_attn.bias", [3 * width]],
+                 [f"{h}.attn.c_proj.weight", [width, width]], [f"{h}.attn.c_proj.bias", [width]],
+                 [f"{h}.ln_2.weight", [width]], [f"{h}.ln_2.bias", [width]],
+                 [f"{h}.mlp.c_fc.weight", [width, 4 * width]], [f"{h}.mlp.c_fc.bias", [4 * width]],
+                 [f"{h}.mlp.c_proj.weight", [4 * width, width]], [f"{h}.mlp.c_proj.bias", [width]]]
+    spec += [["tfmr.ln_f.weight", [width]], ["tfmr.ln_f.bias", [width]],
+             ["cond_enc.spkr_enc.weight", [width, 256]], ["cond_enc.spkr_enc.bias", [width]],
+             ["text_emb.weight", [TURBO_TEXT_VOCAB, width]], ["speech_emb.weight", [TURBO_SPEECH_VOCAB, width]],
+             ["text_head.weight", [TURBO_TEXT_VOCAB, width]], ["speech_head.weight", [TURBO_SPEECH_VOCAB, width]],
+             ["speech_head.bias", [TURBO_SPEECH_VOCAB]]]
+    return [[k, shape, "float32"] for k, shape in spec]
+
+
+def meanflow_s3gen_spec(s3gen_spec: list) -> list:
+    """The meanflow S3Gen: the standard key list plus the decoder's time mixer (spec TURBO §6)."""
+    t_dim = next(shape[0] for k, shape, *_ in s3gen_spec if k.endswith("estimator.time_mlp.linear_2.weight"))
+    return s3gen_spec + [[MIXER, [t_dim, 2 * t_dim], "float32"]]
 
 
 def write_checkpoint(directory: Path, variant: str = "en") -> Path:
@@ -53,12 +86,22 @@ def write_checkpoint(directory: Path, variant: str = "en") -> Path:
     layout = json.loads((DATA / "synthetic_en.json").read_text())
     files = {**layout["files"], "t3": T3_CHECKPOINT_FILES[variant]}
     spec = dict(layout["spec"])
-    if variant != "en":  # the multilingual T3 differs only in its text vocabulary
+    if variant in GPT2_SIZES:  # Turbo/Nano: a GPT-2 T3, the meanflow S3Gen, the GPT-2 tokenizer files
+        from .text.gpt2_files import write_gpt2_tokenizer
+
+        width, layers, _ = GPT2_SIZES[variant]
+        spec["t3"] = gpt2_t3_spec(width, layers)
+        spec["s3gen"] = meanflow_s3gen_spec(spec["s3gen"])
+        files["s3gen"] = "s3gen_meanflow.safetensors"
+        write_gpt2_tokenizer(directory)
+    elif variant != "en":  # the multilingual T3 differs only in its text vocabulary
         spec["t3"] = [[k, [MTL_TEXT_VOCAB, shape[1]] if k in MTL_TEXT_TENSORS else shape, *rest]
                       for k, shape, *rest in spec["t3"]]
     for part, filename in files.items():
         save_file(random_state_dict(spec[part], SEED), str(directory / filename))
-    if variant == "en":
+    if variant in GPT2_SIZES:
+        pass
+    elif variant == "en":
         shutil.copy(DATA / "synthetic_tokenizer.json", directory / "tokenizer.json")
     else:
         shutil.copy(DATA / "synthetic_mtl_tokenizer.json", directory / "grapheme_mtl_merged_expanded_v1.json")
@@ -73,8 +116,9 @@ def convert_synthetic(out: Path, variant: str = "en", quantize: str = "fp32", fo
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_checkpoint(Path(tmp), variant)
+        overrides = None if variant in GPT2_SIZES else T3_OVERRIDES
         return convert(ckpt, out, variant=variant, quantize=quantize, components=COMPONENTS,
-                       t3_overrides=T3_OVERRIDES, force=force, progress=progress, **kwargs)
+                       t3_overrides=overrides, force=force, progress=progress, **kwargs)
 
 
 def cache_name(variant: str = "en", quantize: str = "fp32") -> str:
@@ -94,6 +138,9 @@ def synthetic_model(out: Path, variant: str = "en", quantize: str = "fp32") -> P
         return out
 
     convert_synthetic(out, variant, quantize, force=out.exists())
-    voice = prepare_voice(load_cloning(out, load_config(out).cloning), synthetic_voice_wav(), VOICE_RATE)
+    config = load_config(out)
+    family = "turbo" if config.is_turbo else "standard"
+    seconds = TURBO_VOICE_SECONDS if config.is_turbo else VOICE_SECONDS  # Turbo wants over 5 s
+    voice = prepare_voice(load_cloning(out, config.cloning), synthetic_voice_wav(seconds), VOICE_RATE, family)
     voice.save(out / DEFAULT_VOICE)
     return out

@@ -1,6 +1,7 @@
 """TTS: the components of a converted model, and text -> speech."""
 
 import functools
+import logging
 import math
 import threading
 import time
@@ -13,17 +14,22 @@ import numpy as np
 
 from . import model_io
 from .audio.clip import Audio
-from .config import PROFILES, SPEECH_TOKENS_PER_SECOND, SPEECH_VOCAB_SIZE
+from .config import PROFILES, SPEECH_TOKENS_PER_SECOND, SPEECH_VOCAB_SIZE, TURBO_SILENCE_TOKENS
 from .models.s3gen import S3GEN_SR
 from .sampling import SamplingParams
 from .text import TextError, Tokenizer, estimate_seconds, split_text, validate_language
 from .voice import Voice, VoiceError, load_cloning, prepare_voice
 
+logger = logging.getLogger(__name__)
 DEFAULT_VOICE = Path("voices") / "default.safetensors"
 # End-of-speech guard: tokens capped at this many seconds per estimated second of text, plus slack.
 TOKEN_CAP_RATIO, TOKEN_CAP_SLACK_S = 2.5, 3.0
 SENTENCE_PAUSE_S = 0.15
 ENGLISH_REPETITION_PENALTY = 1.2  # ChatterboxTTS.generate's default, 0.1.7 and HEAD alike
+# ChatterboxTurboTTS.generate's defaults: no CFG, no min-p; top-k then top-p, the penalty last.
+TURBO_SAMPLING = dict(temperature=0.8, top_k=1000, top_p=0.95, repetition_penalty=1.2, cfg_weight=0.0, min_p=0.0,
+                      order="warpers_first")
+TURBO_UNSUPPORTED = ("cfg_weight", "min_p")  # the reference warns and ignores them
 # Trailing silence below this level (relative to the peak) is trimmed, keeping a short tail.
 SILENCE_TOP_DB, SILENCE_TAIL_S = 40.0, 0.1
 
@@ -107,6 +113,11 @@ class TTS:
     def variant(self) -> str:
         return self.config.variant
 
+    @property
+    def voice_family(self) -> str:
+        """Which voices this model takes (voice.VOICE_FAMILIES)."""
+        return "turbo" if self.config.is_turbo else "standard"
+
     # --- voices -----------------------------------------------------------------------------
 
     @_serialized
@@ -114,11 +125,16 @@ class TTS:
         """Clones a voice from reference audio (a path, or samples with their sample_rate)."""
         if self._cloning is None:
             self._cloning = load_cloning(self.model_dir, self.config.cloning)
-        return prepare_voice(self._cloning, wav, sample_rate)
+        return prepare_voice(self._cloning, wav, sample_rate, self.voice_family)
 
     def resolve_voice(self, voice: Union[None, str, Path, Voice]) -> Voice:
         """None -> the built-in voice; NAME -> voices/NAME.safetensors; a .safetensors -> a baked
         voice; any other path -> reference audio, cloned now."""
+        voice = self._find_voice(voice)
+        voice.check_family(self.voice_family, self.variant)
+        return voice
+
+    def _find_voice(self, voice) -> Voice:
         if isinstance(voice, Voice):
             return voice
         if voice is None:
@@ -144,6 +160,12 @@ class TTS:
 
     def sampling_params(self, **overrides) -> SamplingParams:
         """The reference's generate() defaults; the repetition penalty follows the profile."""
+        if self.config.is_turbo:
+            ignored = [k for k in TURBO_UNSUPPORTED if overrides.get(k)]
+            if ignored:
+                logger.warning("Turbo and Nano have no CFG or min-p; ignoring %s", ", ".join(ignored))
+            given = {k: v for k, v in overrides.items() if v is not None and k not in TURBO_UNSUPPORTED}
+            return SamplingParams(**{**TURBO_SAMPLING, **given})
         # The profile's penalty is the multilingual generate()'s; English uses 1.2 in every release.
         penalty = self.profile.repetition_penalty if self.t3.cfg.is_multilingual else ENGLISH_REPETITION_PENALTY
         params = dict(repetition_penalty=penalty, top_p=1.0)
@@ -165,6 +187,12 @@ class TTS:
         analyzer = self.profile.alignment_analyzer and self.t3.cfg.is_multilingual
         yield from self.t3.inference(self._condition(voice, exaggeration), mx.array(ids), step_params,
                                      key=key, sampler=sampler, alignment_analyzer=analyzer)
+
+    def s3gen_options(self) -> dict:
+        """Turbo appends 3 silence tokens and keeps all the audio; the others may drop the last token's."""
+        if self.config.is_turbo:
+            return dict(drop_last_token=False, silence_tokens=TURBO_SILENCE_TOKENS)
+        return dict(drop_last_token=self.profile.drop_last_token, silence_tokens=0)
 
     def _check_language(self, language: Optional[str]) -> Optional[str]:
         if language is None:
@@ -211,7 +239,7 @@ class TTS:
             tokens = list(self.speech_tokens(chunk, language, voice, exaggeration, params, t3_key, max_new_tokens,
                                               sampler))
             t1 = time.perf_counter()
-            wav = self.s3gen.inference(tokens, voice, key=s3_key, drop_last_token=self.profile.drop_last_token)
+            wav = self.s3gen.inference(tokens, voice, key=s3_key, **self.s3gen_options())
             wav = trim_trailing_silence(np.array(wav), self.sample_rate)
             info["t3_s"] += t1 - t0
             info["s3gen_s"] += time.perf_counter() - t1

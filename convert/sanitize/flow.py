@@ -54,6 +54,7 @@ def flow_dims(weights: Dict[str, np.ndarray], decoder_head_dim: int = 64) -> dic
         return n
 
     est = "decoder.estimator"
+    meanflow = f"{PREFIX}.{est}.time_embed_mixer.weight" in weights
     vocab, input_size = shape("input_embedding.weight")
     output_size, spk_dim = shape("spk_embed_affine_layer.weight")
     heads, _ = shape("encoder.encoders.0.self_attn.pos_bias_u")
@@ -78,4 +79,7 @@ def flow_dims(weights: Dict[str, np.ndarray], decoder_head_dim: int = 64) -> dic
         decoder_head_dim=decoder_head_dim,
         decoder_blocks=count(est + ".down_blocks.0.1.{}.norm1.weight"),
         decoder_mid_blocks=count(est + ".mid_blocks.{}.0.res_conv.weight"),
+        # Turbo's distilled decoder is told apart by its time mixer; it runs 2 steps (s3gen.flow_inference).
+        meanflow=meanflow,
+        n_timesteps=2 if meanflow else 10,
     )

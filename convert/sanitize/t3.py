@@ -11,14 +11,32 @@ UNUSED_T3 = (
     "text_head.weight",  # text-token logits: only the training loss reads them
     "tfmr.embed_tokens.weight",  # HF LlamaModel's (8, 1024) dummy; T3 feeds input embeddings
 )
+UNUSED_T3_GPT2 = (
+    "text_head.weight",
+    "tfmr.wte.weight",  # GPT-2's token embedding: tts_turbo deletes it after loading
+)
+# HF GPT-2 stores these Linears as Conv1D, (in, out); MLX Linear wants (out, in).
+GPT2_CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+def is_gpt2(weights: Dict[str, np.ndarray]) -> bool:
+    """A Turbo/Nano T3: the GPT-2 backbone's learned position table is there."""
+    return "tfmr.wpe.weight" in weights
 
 
 def sanitize_t3(weights: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """T3 safetensors -> our T3 names (identical), minus the documented unused tensors."""
-    missing = [k for k in UNUSED_T3 if k not in weights]
+    gpt2 = is_gpt2(weights)
+    unused = UNUSED_T3_GPT2 if gpt2 else UNUSED_T3
+    missing = [k for k in unused if k not in weights]
     if missing:
         raise ConversionError(f"not a Chatterbox T3 checkpoint: missing {', '.join(missing)}")
-    return {k: v for k, v in weights.items() if k not in UNUSED_T3}
+    out = {}
+    for k, v in weights.items():
+        if k in unused:
+            continue
+        out[k] = np.ascontiguousarray(v.T) if gpt2 and k.startswith("tfmr.h.") and k.endswith(GPT2_CONV1D) else v
+    return out
 
 
 def t3_dims(weights: Dict[str, np.ndarray], head_dim: int = 64) -> dict:
@@ -29,6 +47,8 @@ def t3_dims(weights: Dict[str, np.ndarray], head_dim: int = 64) -> dict:
             raise ConversionError(f"not a Chatterbox T3 checkpoint: no tensor {name!r}")
         return weights[name].shape
 
+    if is_gpt2(weights):
+        return gpt2_t3_dims(weights, shape, head_dim)
     hidden = shape("speech_head.weight")[1]
     layers = 0
     while f"tfmr.layers.{layers}.self_attn.q_proj.weight" in weights:
@@ -49,4 +69,41 @@ def t3_dims(weights: Dict[str, np.ndarray], head_dim: int = 64) -> dict:
         max_speech_tokens=shape("speech_pos_emb.emb.weight")[0] - 4,
         speaker_embed_size=shape("cond_enc.spkr_enc.weight")[1],
         perceiver_queries=shape("cond_enc.perceiver.pre_attention_query")[1],
+    )
+
+
+def gpt2_t3_dims(weights: Dict[str, np.ndarray], shape, head_dim: int) -> dict:
+    """Turbo (GPT-2 medium) and Nano (GPT-2 small) alike: every size from the tensors."""
+    hidden = shape("speech_head.weight")[1]
+    layers = 0
+    while f"tfmr.h.{layers}.attn.c_attn.weight" in weights:
+        layers += 1
+    if layers == 0 or hidden % head_dim:
+        raise ConversionError(f"unexpected GPT-2 T3 backbone: {layers} layers, width {hidden}")
+    inner = shape("tfmr.h.0.mlp.c_fc.weight")[1]
+    if inner != 4 * hidden:  # mlx-lm's GPT-2 block hard-codes the 4x MLP
+        raise ConversionError(f"GPT-2 T3 MLP width {inner} is not 4 x {hidden}")
+    if "cond_enc.perceiver.pre_attention_query" in weights or "cond_enc.emotion_adv_fc.weight" in weights:
+        raise ConversionError("a GPT-2 T3 with a perceiver or emotion token is not a Turbo/Nano checkpoint")
+    return dict(
+        backbone="gpt2",
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        intermediate_size=inner,
+        num_attention_heads=hidden // head_dim,
+        num_key_value_heads=hidden // head_dim,
+        head_dim=head_dim,
+        max_positions=shape("tfmr.wpe.weight")[0],
+        text_vocab_size=shape("text_emb.weight")[0],
+        speech_vocab_size=shape("speech_emb.weight")[0],
+        speaker_embed_size=shape("cond_enc.spkr_enc.weight")[1],
+        speech_cond_prompt_len=375,  # tts_turbo: 15 s of prompt at 25 tokens/s
+        learned_input_pos=False,
+        use_perceiver=False,
+        emotion_adv=False,
+        speech_head_bias="speech_head.bias" in weights,
+        repeat_bos=False,
+        bos_always_penalised=False,
+        prefill_token_stops=False,
+        alignment_heads=[],
     )

@@ -3,6 +3,8 @@
 x0 = noise; for k < n: v = (1 + w) v(x, t_k | mu, spks, cond) - w v(x, t_k | 0, 0, 0);
 x += (t_{k+1} - t_k) v, on a cosine schedule t = 1 - cos(pi/2 * linspace(0, 1, n + 1)).
 Both guidance branches run as one batch of 2, as in the reference.
+The meanflow decoder (Turbo) is `basic_euler`: linear times, v(x, t, r | mu, spks, cond) with the
+step's end time r, batch 1, no CFG (it was distilled with CFG folded in).
 """
 
 import math
@@ -31,6 +33,7 @@ class CausalConditionalCFM(nn.Module):
         self.estimator = ConditionalDecoder(cfg)
         self.inference_cfg_rate = cfg.inference_cfg_rate
         self.n_timesteps = cfg.n_timesteps
+        self.meanflow = cfg.meanflow
 
     def solve(
         self, noise: mx.array, mu: mx.array, spks: mx.array, cond: mx.array, n_timesteps: Optional[int] = None
@@ -41,6 +44,9 @@ class CausalConditionalCFM(nn.Module):
             raise FlowError(f"n_timesteps must be >= 1, got {n}")
         if noise.shape != mu.shape:
             raise FlowError(f"noise shape {noise.shape} != mu shape {mu.shape}; pass (1, T, 80) noise")
+        if self.meanflow:
+            yield from self._solve_meanflow(noise, mu, spks, cond, n)
+            return
         t_span = cosine_t_span(n)
         # The unconditional branch sees zero mu, speaker and prompt, with the same x and t.
         mu_in = mx.concatenate([mu, mx.zeros_like(mu)])
@@ -52,6 +58,13 @@ class CausalConditionalCFM(nn.Module):
             t = t_span[k]
             v = self.estimator(mx.concatenate([x, x]), mu_in, mx.broadcast_to(t, (2,)), spks_in, cond_in)
             x = x + (t_span[k + 1] - t) * ((1.0 + w) * v[:1] - w * v[1:])
+            yield x
+
+    def _solve_meanflow(self, x: mx.array, mu, spks, cond, n: int) -> Iterator[mx.array]:
+        t_span = mx.linspace(0, 1, n + 1, dtype=mx.float32)  # no cosine warp for meanflow
+        for k in range(n):
+            t, r = t_span[k : k + 1], t_span[k + 1 : k + 2]
+            x = x + (r - t) * self.estimator(x, mu, t, spks, cond, r)
             yield x
 
     def __call__(self, mu: mx.array, spks: mx.array, cond: mx.array, n_timesteps: Optional[int] = None,

@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..audio.fade import trim_fade
-from ..config import SPEECH_VOCAB_SIZE, FlowConfig, HiFTConfig
+from ..config import S3GEN_SILENCE_TOKEN, SPEECH_VOCAB_SIZE, FlowConfig, HiFTConfig
 from .flow import CausalMaskedDiffWithXvec
 from .hift import HiFTGenerator
 
@@ -31,7 +31,7 @@ class S3Gen(nn.Module):
         keep = [i for i, t in enumerate(tokens.tolist()) if 0 <= t < SPEECH_VOCAB_SIZE]
         return tokens[mx.array(keep, dtype=mx.int32)] if keep else mx.zeros((0,), mx.int32)
 
-    def mel(self, tokens: mx.array, voice, n_timesteps: int = 10, noise=None, key=None) -> mx.array:
+    def mel(self, tokens: mx.array, voice, n_timesteps: Optional[int] = None, noise=None, key=None) -> mx.array:
         """Valid tokens (N,) -> generated mel (1, 2N or 2N - 1, 80)."""
         return self.flow.inference(
             tokens[None], voice.gen_prompt_token, voice.gen_prompt_feat, voice.gen_embedding,
@@ -43,8 +43,9 @@ class S3Gen(nn.Module):
         tokens,
         voice,
         *,
-        n_timesteps: int = 10,
+        n_timesteps: Optional[int] = None,
         drop_last_token: bool = False,
+        silence_tokens: int = 0,
         key: Optional[mx.array] = None,
         noise: Optional[mx.array] = None,
         phases: Optional[mx.array] = None,
@@ -54,9 +55,12 @@ class S3Gen(nn.Module):
 
         `key` seeds the CFM noise and the SineGen randomness; `noise`, `phases` and `sine_noise`
         inject them explicitly (parity tests). `drop_last_token` is the upstream profile's trim of
-        the last token's audio, which "decodes to noise".
+        the last token's audio, which "decodes to noise". `silence_tokens` S3GEN_SIL tokens are
+        appended (Turbo appends 3, and keeps their audio). `n_timesteps`: the flow's own by default.
         """
         tokens = self.valid_tokens(tokens)
+        if silence_tokens and tokens.shape[0]:
+            tokens = mx.concatenate([tokens, mx.full((silence_tokens,), S3GEN_SILENCE_TOKEN, mx.int32)])
         n = tokens.shape[0]
         if n == 0:
             return mx.zeros((0,), mx.float32)

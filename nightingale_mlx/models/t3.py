@@ -1,7 +1,9 @@
-"""T3: text tokens + voice conditioning -> speech tokens (a Llama-520M over custom embeddings).
+"""T3: text tokens + voice conditioning -> speech tokens (a Llama-520M, or for Turbo/Nano a GPT-2,
+over custom embeddings).
 
-Attribute names equal the checkpoint's (`tfmr.layers.0.self_attn.q_proj`, `cond_enc.perceiver.attn.to_q`),
-so conversion is a strict name-for-name load.
+Attribute names equal the checkpoint's (`tfmr.layers.0.self_attn.q_proj`, `tfmr.h.0.attn.c_attn`,
+`cond_enc.perceiver.attn.to_q`), so conversion is a strict name-for-name load. The backbone and
+every difference of the Turbo path are T3Config fields (config.py), not a second class.
 """
 
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -11,6 +13,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
+from mlx_lm.models.gpt2 import GPT2Model
+from mlx_lm.models.gpt2 import ModelArgs as GPT2Args
 from mlx_lm.models.llama import Attention, LlamaModel, ModelArgs
 
 from ..alignment import AlignmentStreamAnalyzer
@@ -40,17 +44,20 @@ class T3CondEnc(nn.Module):
         D = cfg.hidden_size
         self.speaker_embed_size = cfg.speaker_embed_size
         self.spkr_enc = nn.Linear(cfg.speaker_embed_size, D)
-        self.emotion_adv_fc = nn.Linear(1, D, bias=False)
-        self.perceiver = Perceiver(cfg.perceiver_queries, D, cfg.perceiver_heads)
+        if cfg.emotion_adv:
+            self.emotion_adv_fc = nn.Linear(1, D, bias=False)
+        if cfg.use_perceiver:
+            self.perceiver = Perceiver(cfg.perceiver_queries, D, cfg.perceiver_heads)
 
     def __call__(
         self, speaker_emb: mx.array, prompt_emb: Optional[mx.array], emotion: mx.array
     ) -> mx.array:
         parts = [self.spkr_enc(speaker_emb.reshape(-1, self.speaker_embed_size))[:, None]]
         if prompt_emb is not None:
-            parts.append(self.perceiver(prompt_emb))
-        parts.append(self.emotion_adv_fc(emotion.reshape(-1, 1, 1)))
-        return mx.concatenate(parts, axis=1)  # (B, 34, D)
+            parts.append(self.perceiver(prompt_emb) if "perceiver" in self else prompt_emb)
+        if "emotion_adv_fc" in self:
+            parts.append(self.emotion_adv_fc(emotion.reshape(-1, 1, 1)))
+        return mx.concatenate(parts, axis=1)  # (B, 34, D); GPT-2: (B, 1 + prompt, D)
 
 
 class DecodeAttention(Attention):
@@ -79,21 +86,55 @@ class Backbone(LlamaModel):
             layer.self_attn.__class__ = DecodeAttention  # same parameters, one overridden __call__
 
 
+class GPT2Backbone(GPT2Model):
+    """mlx-lm's GPT-2 stack without its token embedding (the reference deletes `tfmr.wte`): input
+    embeddings + wpe at the cache's offset, pre-LN blocks (tanh GELU), final ln_f."""
+
+    def __init__(self, args: GPT2Args):
+        super().__init__(args)
+        del self.wte
+
+    @property
+    def layers(self):
+        return self.h
+
+    def __call__(self, embeds: mx.array, cache: Sequence[KVCache]) -> mx.array:
+        offset = cache[0].offset
+        h = embeds + self.wpe(mx.arange(offset, offset + embeds.shape[1])).astype(embeds.dtype)
+        mask = create_attention_mask(h, cache[0])
+        for layer, c in zip(self.h, cache):
+            h = layer(h, mask, cache=c)
+        return self.ln_f(h)
+
+
 class T3(nn.Module):
     def __init__(self, cfg: T3Config):
         super().__init__()
         self.cfg = cfg
         D = cfg.hidden_size
-        self.tfmr = Backbone(ModelArgs.from_dict(cfg.llama_args()))
+        if cfg.is_gpt2:
+            self.tfmr = GPT2Backbone(GPT2Args.from_dict(cfg.gpt2_args()))
+        else:
+            self.tfmr = Backbone(ModelArgs.from_dict(cfg.llama_args()))
         self.cond_enc = T3CondEnc(cfg)
         self.text_emb = nn.Embedding(cfg.text_vocab_size, D)
         self.speech_emb = nn.Embedding(cfg.speech_vocab_size, D)
-        self.text_pos_emb = LearnedPositionEmbeddings(cfg.max_text_tokens + 2, D)
-        self.speech_pos_emb = LearnedPositionEmbeddings(cfg.max_speech_tokens + 4, D)
-        self.speech_head = nn.Linear(D, cfg.speech_vocab_size, bias=False)
+        if cfg.learned_input_pos:
+            self.text_pos_emb = LearnedPositionEmbeddings(cfg.max_text_tokens + 2, D)
+            self.speech_pos_emb = LearnedPositionEmbeddings(cfg.max_speech_tokens + 4, D)
+        self.speech_head = nn.Linear(D, cfg.speech_vocab_size, bias=cfg.speech_head_bias)
 
     def make_cache(self) -> List[KVCache]:
         return [KVCache() for _ in self.tfmr.layers]
+
+    @property
+    def compute_dtype(self):
+        """The model's activation dtype (voices are fp32; norms stay float in every recipe)."""
+        return (self.tfmr.ln_f if self.cfg.is_gpt2 else self.tfmr.norm).weight.dtype
+
+    def _pos(self, table: str, index: int) -> mx.array:
+        """Learned position `index` of T3's own table, or 0 where the backbone adds positions (GPT-2)."""
+        return getattr(self, table).fixed(index) if self.cfg.learned_input_pos else 0
 
     # --- embeddings -------------------------------------------------------------------------
 
@@ -101,11 +142,13 @@ class T3(nn.Module):
         self, speaker_emb: mx.array, prompt_tokens: Optional[mx.array], exaggeration: float
     ) -> mx.array:
         """Conditioning tokens (1, 34, D) from a voice; cacheable per voice and exaggeration."""
-        dtype = self.tfmr.norm.weight.dtype  # voices are fp32; compute in the model's (norms stay float)
+        dtype = self.compute_dtype
         prompt_emb = None
         if prompt_tokens is not None and prompt_tokens.size > 0:
             prompt_tokens = prompt_tokens.reshape(1, -1)
-            prompt_emb = self.speech_emb(prompt_tokens) + self.speech_pos_emb(prompt_tokens.shape[1])
+            prompt_emb = self.speech_emb(prompt_tokens)
+            if self.cfg.learned_input_pos:
+                prompt_emb = prompt_emb + self.speech_pos_emb(prompt_tokens.shape[1])
         emotion = mx.full((1, 1, 1), exaggeration, dtype=dtype)
         return self.cond_enc(speaker_emb.astype(dtype), prompt_emb, emotion)
 
@@ -119,16 +162,17 @@ class T3(nn.Module):
         text = self.text_emb(text_tokens.reshape(1, L))
         if cfg:
             text = mx.concatenate([text, mx.zeros_like(text)], axis=0)  # uncond keeps positions only
-        text = text + self.text_pos_emb(L)
+        if self.cfg.learned_input_pos:
+            text = text + self.text_pos_emb(L)
         B = text.shape[0]
-        bos = self.speech_emb(mx.array([[self.cfg.start_speech_token]])) + self.speech_pos_emb.fixed(0)
+        bos = self.speech_emb(mx.array([[self.cfg.start_speech_token]])) + self._pos("speech_pos_emb", 0)
         bos = mx.broadcast_to(bos, (B, 1, bos.shape[-1]))
         cond = mx.broadcast_to(cond, (B, *cond.shape[1:]))
-        return mx.concatenate([cond, text, bos, bos], axis=1)
+        return mx.concatenate([cond, text] + [bos] * (2 if self.cfg.repeat_bos else 1), axis=1)
 
     def speech_embedding(self, token: mx.array, step: int, batch: int) -> mx.array:
         """Embedding of the token sampled at `step` (0-based): speech_emb + speech_pos[step + 1]."""
-        e = self.speech_emb(token.reshape(1, 1)) + self.speech_pos_emb.fixed(step + 1)
+        e = self.speech_emb(token.reshape(1, 1)) + self._pos("speech_pos_emb", step + 1)
         return mx.broadcast_to(e, (batch, 1, e.shape[-1]))
 
     # --- backbone ---------------------------------------------------------------------------
@@ -144,6 +188,8 @@ class T3(nn.Module):
         With `align_from`, also returns the mean attention of the analyzer's heads, CFG row 0,
         for query rows `align_from:` of this chunk over all keys: (rows, keys).
         """
+        if self.cfg.is_gpt2:
+            return self.tfmr(embeds, cache), None  # no analyzer on the Turbo path
         h = embeds
         mask = create_attention_mask(h, cache[0])
         heads = {}
@@ -195,8 +241,8 @@ class T3(nn.Module):
     ) -> Iterator[int]:
         """Yields speech tokens until EOS (not yielded) or `params.max_new_tokens`.
 
-        Per step, in the reference's order: CFG combine, alignment analyzer (optional),
-        repetition penalty, temperature, min-p, top-p, sample. `sampler(logits) -> (1,) token`
+        Per step, in the reference's order: CFG combine, alignment analyzer (optional), then
+        `params.order`'s processors (sampling.process_logits), sample. `sampler(logits) -> (1,) token`
         overrides the random sampler (parity tests inject one).
         """
         cfg = self.cfg
@@ -224,13 +270,15 @@ class T3(nn.Module):
                 logits = analyzer.step(logits, np.array(align), last)
             logits = process_logits(logits, seen, params)
             token = sampler(logits)
-            seen = seen | (vocab == token)
+            # inference_turbo's history is the generated tokens; BOS counts at the first step only.
+            first_turbo_step = step == 0 and not cfg.bos_always_penalised
+            seen = (vocab == token) if first_turbo_step else seen | (vocab == token)
             hidden, align = self(
                 self.speech_embedding(token, step, batch), cache, 0 if analyzer else None
             )
             # Queue the next forward before syncing on the token: Python overlaps with compute.
             mx.async_eval(hidden, seen, *([align] if analyzer else []))
             last = token.item()
-            if last == cfg.stop_speech_token:
+            if last == cfg.stop_speech_token and (step > 0 or cfg.prefill_token_stops):
                 return
             yield last

@@ -6,7 +6,7 @@ attention is full over all frames, convs are causal.
 """
 
 import math
-from typing import List
+from typing import List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -159,15 +159,26 @@ class ConditionalDecoder(nn.Module):
             return [CausalResnetBlock1D(dim_in, C, t_dim), tfm]
 
         self.time_mlp = TimestepEmbedding(self.time_dim, t_dim)
+        if cfg.meanflow:  # intmeanflow: mixes the embeddings of t and of the step's end time r
+            self.time_embed_mixer = nn.Linear(2 * t_dim, t_dim, bias=False)
         self.down_blocks = [stage(cfg.decoder_in_channels) + [CausalConv1d(C, C, 3)]]
         self.mid_blocks = [stage(C) for _ in range(cfg.decoder_mid_blocks)]
         self.up_blocks = [stage(2 * C) + [CausalConv1d(C, C, 3)]]
         self.final_block = CausalBlock1D(C, C)
         self.final_proj = nn.Conv1d(C, cfg.output_size, 1)
 
-    def __call__(self, x: mx.array, mu: mx.array, t: mx.array, spks: mx.array, cond: mx.array) -> mx.array:
-        """x, mu, cond: (B, T, 80); t: (B,); spks: (B, 80) -> velocity (B, T, 80)."""
+    def time_embedding(self, t: mx.array, r: Optional[mx.array] = None) -> mx.array:
+        """(B,) times -> (B, 4C); the meanflow decoder mixes [emb(t) | emb(r)] (t first)."""
         t_emb = self.time_mlp(timestep_embedding(t, self.time_dim))
+        if "time_embed_mixer" not in self:
+            return t_emb
+        r_emb = self.time_mlp(timestep_embedding(r, self.time_dim))
+        return self.time_embed_mixer(mx.concatenate([t_emb, r_emb], axis=-1))
+
+    def __call__(self, x: mx.array, mu: mx.array, t: mx.array, spks: mx.array, cond: mx.array,
+                 r: Optional[mx.array] = None) -> mx.array:
+        """x, mu, cond: (B, T, 80); t (and the meanflow end time r): (B,); spks: (B, 80) -> velocity (B, T, 80)."""
+        t_emb = self.time_embedding(t, r)
         spks = mx.broadcast_to(spks[:, None], x.shape[:2] + spks.shape[-1:])
         x = mx.concatenate([x, mu, spks, cond], axis=-1)  # (B, T, 320)
 

@@ -13,6 +13,7 @@ from .split import MAX_CHUNK_SECONDS, estimate_seconds, split_text  # noqa: F401
 from .tokenizer import (  # noqa: F401
     EmptyTextError,
     EnglishTokenizer,
+    GPT2Tokenizer,
     MultilingualTokenizer,
     TextTooLongError,
     Tokenizer,

@@ -9,6 +9,8 @@ Both wrap the checkpoint's HF `tokenizers` JSON and reproduce the reference's `e
   trained on (unverified, spec §2 caveat): no capitalisation in punc_norm, no lowercasing, the
   zh Cangjie / ru stress steps before NFKD, no ja/he/ko steps. Opt in per checkpoint in config.json.
 - English (`EnTokenizer`, 704 ids): spaces -> `[SPACE]` only; no language tag, no lowercasing.
+- GPT-2 (Turbo/Nano, 50276 ids): byte-level BPE with Chatterbox's added tokens (`[laugh]`,
+  `[sigh]`, ...), which pass through as single ids; Turbo's punc_norm; no [START]/[STOP].
 
 `encode` is the reference's `encode` (no punc_norm, no SOT/EOT). `text_tokens` is what T3 takes:
 punc_norm, encode, then `[START] ... [STOP]` around it.
@@ -62,6 +64,7 @@ class Tokenizer:
     """Base: an HF `tokenizers` file plus the reference's text steps. Use `from_model_dir`."""
 
     kind: str = ""
+    required_tokens = (SOT, EOT)
 
     def __init__(self, path, config: TextConfig):
         from tokenizers import Tokenizer as HFTokenizer
@@ -74,12 +77,12 @@ class Tokenizer:
         except Exception as e:  # the Rust side raises bare Exceptions on bad JSON
             raise TextError(f"{path}: unreadable tokenizer ({e}); convert the model again") from e
         vocab = self._tok.get_vocab()
-        missing = [t for t in (SOT, EOT) if t not in vocab]
+        missing = [t for t in self.required_tokens if t not in vocab]
         if missing:
             raise TextError(f"{path}: tokenizer lacks {missing}; not a Chatterbox tokenizer")
         self.config = config
         self.path = path
-        self.start_id, self.stop_id, self.unk_id = vocab[SOT], vocab[EOT], vocab.get(UNK)
+        self.start_id, self.stop_id, self.unk_id = vocab.get(SOT), vocab.get(EOT), vocab.get(UNK)
 
     @staticmethod
     def from_model_dir(model_dir, text_config: Union[TextConfig, dict, None] = None, **kwargs) -> "Tokenizer":
@@ -95,7 +98,7 @@ class Tokenizer:
             text_config = TextConfig.from_dict(text_config)
         if text_config.kind not in TEXT_KINDS:
             raise TextError(f"unknown tokenizer kind {text_config.kind!r}; expected one of {TEXT_KINDS}")
-        cls = MultilingualTokenizer if text_config.kind == "mtl" else EnglishTokenizer
+        cls = {"mtl": MultilingualTokenizer, "en": EnglishTokenizer, "gpt2": GPT2Tokenizer}[text_config.kind]
         return cls(model_dir / text_config.tokenizer, text_config, **kwargs)
 
     @property
@@ -210,3 +213,37 @@ class EnglishTokenizer(Tokenizer):
                 "(nightingale convert --variant mtl-v3)"
             )
         return self._ids(_checked(text))
+
+
+class GPT2Tokenizer(Tokenizer):
+    """Turbo/Nano: the GPT-2 byte-level BPE (with Chatterbox's added tags) as one `tokenizers` file,
+    built by the converter from the checkpoint's vocab/merges/added tokens. English only."""
+
+    kind = "gpt2"
+    required_tokens = ()
+    model_max_length = 1024  # GPT-2's; the reference truncates there, we refuse (split_text first)
+
+    def normalize(self, text: str) -> str:
+        return punc_norm(text, multilingual=False, turbo=True)
+
+    def encode(self, text: str, language: Optional[str] = None) -> List[int]:
+        if language is not None and validate_language(language) != "en":
+            raise UnsupportedLanguageError(
+                f"Turbo and Nano speak only en, not {language!r}; use a multilingual model "
+                "(nightingale convert --variant mtl-v3)"
+            )
+        return self._tok.encode(_checked(text), add_special_tokens=False).ids
+
+    def text_tokens(self, text: str, language: Optional[str] = None,
+                    max_tokens: int = model_max_length) -> List[int]:
+        """T3's text input: Turbo's punc_norm and the BPE ids, nothing around them (inference_turbo)."""
+        if not _checked(text).strip():
+            raise EmptyTextError("text is empty; pass something to say")
+        ids = self.encode(self.normalize(text), language)
+        if len(ids) > max_tokens:
+            raise TextTooLongError(f"text is {len(ids)} tokens, over the tokenizer's {max_tokens}; "
+                                   "split it into sentences first (nightingale_mlx.text.split_text)")
+        return ids
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
