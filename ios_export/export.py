@@ -199,6 +199,9 @@ def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTE
     except ImportError:
         raise ExportError("coremltools is not installed: pip install 'nightingale-mlx[coreml]'") from None
     config = model_io.load_config(model_dir)
+    if config.is_turbo:  # the GPT-2 T3 and the 2-step meanflow flow have no MIL builders yet
+        raise ExportError(f"{model_dir} is a {config.variant} model; the Core ML export supports the English and "
+                          "multilingual models only (Turbo/Nano: not implemented yet)")
     t3, _ = model_io.load_t3(model_dir, config)
     s3gen = model_io.load_s3gen(model_dir, config) if config.s3gen else None
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, blas, progress
+from .config import VARIANTS
 from .outputs import AUDIO_FORMATS, check_output_dir, check_output_file, read_text
 
 VOICE_FORMATS = (".safetensors",)
@@ -74,7 +75,8 @@ def _speak(args) -> None:
     out = check_output_file(args.output or default_output(text), AUDIO_FORMATS, args.force)  # before the work
     tts = _load(args)
     show = progress.enabled(args.quiet or args.json)
-    sampling = {k: getattr(args, k) for k in ("temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p")}
+    sampling = {k: getattr(args, k) for k in ("temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p",
+                                              "top_k")}
     if getattr(args, "stream", False):
         return _speak_stream(args, text, out, tts, sampling, show)
     bar = progress.SpeechProgress(show)
@@ -216,8 +218,9 @@ def _doctor(args) -> None:
 def _model_args(p) -> None:
     p.add_argument("-m", "--model", default="ResembleAI/chatterbox",
                    help="converted dir, original checkpoint dir, HF repo id, or 'synthetic' (tiny random model, not speech)")
-    p.add_argument("--variant", default=None, choices=["en", "mtl-v2", "mtl-v3"],
-                   help="for originals (default mtl-v3) and 'synthetic' (default en; mtl-v3 takes all 23 languages)")
+    p.add_argument("--variant", default=None, choices=list(VARIANTS),
+                   help="for originals (default mtl-v3; turbo for ResembleAI/chatterbox-turbo) and 'synthetic' "
+                        "(default en; mtl-v3 takes all 23 languages; turbo/nano are the fast GPT-2 models)")
     p.add_argument("--quantize", default=None, metavar="RECIPE",
                    help="for originals and 'synthetic': fp32|fp16|q8|q4|per-component (default: q8 on Metal, fp32 on CPU)")
 
@@ -254,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repetition-penalty", type=float)
     s.add_argument("--min-p", type=float)
     s.add_argument("--top-p", type=float)
+    s.add_argument("--top-k", type=int, help="Turbo/Nano: keep the k likeliest tokens (default 1000)")
     s.add_argument("--max-new-tokens", type=int, help="speech tokens per sentence (25 per second)")
     s.add_argument("--json", action="store_true", help="print timings and RTF as JSON")
     s.set_defaults(func=_speak)
@@ -269,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--checkpoint", required=True,
                    help="checkpoint dir, Hugging Face repo id (ResembleAI/chatterbox), or 'synthetic'")
     c.add_argument("--out", required=True, help="output model dir")
-    c.add_argument("--variant", default="auto", choices=["auto", "en", "mtl-v2", "mtl-v3"])
+    c.add_argument("--variant", default="auto", choices=["auto", *VARIANTS],
+                   help="auto: detected from the files (turbo/nano: their T3 file)")
     c.add_argument("--quantize", default="fp32", metavar="RECIPE",
                    help="fp32|fp16|q8|q4, or per component: t3=4,flow=8,hift=16,cloning=16,group=64")
     c.add_argument("--profile", default="upstream", choices=["upstream", "compat-0.1.7"])

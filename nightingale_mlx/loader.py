@@ -59,8 +59,10 @@ def resolve_model(model: str = DEFAULT_MODEL, variant: Optional[str] = None, qua
         source = str(path.resolve())
         variant = variant or "auto"
     elif _is_repo_id(model):
+        from convert.hub import default_variant
+
         source = model
-        variant = variant or DEFAULT_VARIANT
+        variant = variant or default_variant(model)  # the Turbo/Nano repos hold only their own
     else:
         raise FileNotFoundError(f"{model}: no such model dir, and not a Hugging Face repo id like {DEFAULT_MODEL}")
     tag = hashlib.sha256(source.encode()).hexdigest()[:10]
@@ -77,8 +79,9 @@ def load(model: str = DEFAULT_MODEL, variant: Optional[str] = None, quantize: Op
     Args:
         model: a converted model dir, an original checkpoint dir, a Hugging Face repo id
             (default ResembleAI/chatterbox), or "synthetic" (a tiny random model: not speech).
-        variant: for originals: en, mtl-v2 or mtl-v3 (default mtl-v3 for the hub repo; en for
-            "synthetic", whose mtl variants take all 23 languages).
+        variant: for originals: en, mtl-v2, mtl-v3, turbo or nano (default mtl-v3 for the hub repo,
+            turbo for ResembleAI/chatterbox-turbo; en for "synthetic", whose mtl variants take all
+            23 languages).
         quantize: for originals: fp32, fp16, q8, q4 or a per-component recipe.
         profile: upstream (default) or compat-0.1.7.
     """

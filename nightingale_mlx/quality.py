@@ -27,7 +27,7 @@ import mlx.core as mx
 import numpy as np
 
 from . import quant
-from .sampling import SamplingParams, apply_cfg, apply_min_p, apply_repetition_penalty, apply_top_p
+from .sampling import SamplingParams, apply_cfg, apply_min_p, apply_repetition_penalty, apply_top_p, process_logits
 
 DEFAULT_TEXT = "Quantization should keep the voice intact while the model shrinks to a fraction of its size."
 DEFAULT_STEPS = 50
@@ -73,25 +73,33 @@ def teacher_forced_logits(t3, voice, ids: List[int], tokens: List[int]) -> mx.ar
     """Logits (2, n, V) float32 (CFG rows cond/uncond) predicting each of `tokens` given the ones before,
     in one forward pass: [prefill | tokens[:-1]] with each token at its decode position."""
     cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, EXAGGERATION)
-    prefill = t3.prefill_embeddings(cond, mx.array(ids), True)
+    cfg = not t3.cfg.is_gpt2  # Turbo/Nano have no CFG row: (1, n, V)
+    prefill = t3.prefill_embeddings(cond, mx.array(ids), cfg)
     n = len(tokens)
-    speech = t3.speech_emb(mx.array(tokens[:-1])[None]) + t3.speech_pos_emb.emb(mx.arange(1, n))
-    embeds = mx.concatenate([prefill, mx.broadcast_to(speech, (2, n - 1, speech.shape[-1]))], axis=1)
+    speech = t3.speech_emb(mx.array(tokens[:-1])[None])
+    if t3.cfg.learned_input_pos:  # GPT-2 adds its positions inside the backbone
+        speech = speech + t3.speech_pos_emb.emb(mx.arange(1, n))
+    embeds = mx.concatenate([prefill, mx.broadcast_to(speech, (prefill.shape[0], n - 1, speech.shape[-1]))], axis=1)
     hidden, _ = t3(embeds, t3.make_cache())
     return t3.speech_head(hidden[:, prefill.shape[1] - 1:]).astype(mx.float32)
 
 
-def sampling_logits(logits: mx.array, tokens: List[int], start_token: int, params: SamplingParams):
-    """(2, n, V) raw -> (penalised+tempered (n, V), truncated (n, V)) as the sampler sees them per step."""
-    guided = apply_cfg(logits, params.cfg_weight)[0]  # (n, V)
+def sampling_logits(logits: mx.array, tokens: List[int], start_token: int, params: SamplingParams,
+                    bos_always_penalised: bool = True):
+    """(2, n, V) raw (or (1, n, V) without CFG) -> (penalised+tempered (n, V), truncated (n, V)) as the
+    sampler sees them per step."""
+    guided = apply_cfg(logits, params.cfg_weight)[0] if logits.shape[0] == 2 else logits[0]  # (n, V)
     n, V = guided.shape
     seen = np.zeros((n, V), bool)
-    seen[:, start_token] = True  # the repetition penalty covers BOS, as in T3.inference
+    # The penalty covers BOS at every step of T3.inference, at the first step only of inference_turbo.
+    seen[: n if bos_always_penalised else 1, start_token] = True
     for i, t in enumerate(tokens[:-1]):
         seen[i + 1:, t] = True
     x = apply_repetition_penalty(guided, mx.array(seen), params.repetition_penalty)
     if params.temperature > 0 and params.temperature != 1.0:
         x = x / params.temperature
+    if params.order == "warpers_first":
+        return x, process_logits(guided, mx.array(seen), params)
     return x, apply_top_p(apply_min_p(x, params.min_p), params.top_p)
 
 
@@ -102,7 +110,8 @@ def t3_metrics(t3_q, t3_ref, voice, ids: List[int], tokens: List[int], params: S
     ref, q = (teacher_forced_logits(m, voice, ids, tokens) for m in (t3_ref, t3_q))
     rel = float(mx.linalg.norm(q - ref) / mx.linalg.norm(ref))
     start = t3_ref.cfg.start_speech_token
-    (p_full, p_cut), (q_full, q_cut) = (sampling_logits(x, tokens, start, params) for x in (ref, q))
+    bos_always = t3_ref.cfg.bos_always_penalised
+    (p_full, p_cut), (q_full, q_cut) = (sampling_logits(x, tokens, start, params, bos_always) for x in (ref, q))
     logp, logq = (x - mx.logsumexp(x, axis=-1, keepdims=True) for x in (p_full, q_full))
     kl = mx.sum(mx.exp(logp) * (logp - logq), axis=-1)
     tv = 0.5 * mx.sum(mx.abs(mx.softmax(p_cut, axis=-1) - mx.softmax(q_cut, axis=-1)), axis=-1)

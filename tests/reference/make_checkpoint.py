@@ -25,7 +25,10 @@ T3_FILES = {
     "en": "t3_cfg.safetensors",
     "mtl-v2": "t3_mtl23ls_v2.safetensors",
     "mtl-v3": "t3_mtl23ls_v3.safetensors",
+    "turbo": "t3_turbo_v1.safetensors",
+    "nano": "t3_nano_v1.safetensors",
 }
+TURBO = ("turbo", "nano")
 CORPUS = HERE.parent / "fixtures" / "text" / "corpus.json"
 
 
@@ -43,10 +46,27 @@ def load_numpy_state(module, state):
     module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=True)
 
 
+def turbo_hp(variant: str):
+    """tts_turbo.from_local's T3 hyperparameters (Nano: the GPT2_small config of patches.py)."""
+    from chatterbox.models.t3.modules.t3_config import T3Config
+
+    hp = T3Config(text_tokens_dict_size=50276)
+    hp.llama_config_name = patches.NANO_CONFIG if variant == "nano" else "GPT2_medium"
+    hp.speech_tokens_dict_size = 6563
+    hp.input_pos_emb = None
+    hp.speech_cond_prompt_len = 375
+    hp.use_perceiver_resampler = False
+    hp.emotion_adv = False
+    return hp
+
+
 def build_t3(variant: str):
     from chatterbox.models.t3 import T3
     from chatterbox.models.t3.modules.t3_config import T3Config
 
+    if variant in TURBO:
+        patches.add_nano_config()
+        return T3(turbo_hp(variant)).eval()
     hp = T3Config.english_only() if variant == "en" else T3Config.multilingual()
     return T3(hp).eval()
 
@@ -64,7 +84,7 @@ def write_t3(variant: str, seed: int, out: Path) -> dict:
 
 
 def is_english(variant: str) -> bool:
-    return variant == "en"
+    return variant == "en" or variant in TURBO  # Turbo/Nano files are safetensors too
 
 
 def save_torch(state: dict, path: Path) -> None:
@@ -88,10 +108,10 @@ def spec_entry(s) -> list:
 # ---------------------------------------------------------------- S3Gen
 
 
-def build_s3gen():
+def build_s3gen(meanflow: bool = False):
     from chatterbox.models.s3gen import S3Gen
 
-    return S3Gen().eval()
+    return S3Gen(meanflow=meanflow).eval()
 
 
 def write_s3gen(variant: str, seed: int, out: Path) -> dict:
@@ -105,12 +125,17 @@ def write_s3gen(variant: str, seed: int, out: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    s3gen = build_s3gen()
+    s3gen = build_s3gen(meanflow=variant in TURBO)
     computed = set(s3gen.ignore_state_dict_missing)
     own = s3gen.state_dict()
     spec = [s for s in torch_spec(s3gen) if s[0] not in computed]
     state = random_state_dict(spec, seed)
-    if is_english(variant):
+    if variant in TURBO:
+        # tts_turbo loads s3gen_meanflow.safetensors strictly: the computed buffers are stored too.
+        path = out / "s3gen_meanflow.safetensors"
+        save_safetensors({k: state[k] if k in state else own[k].numpy() for k in own}, path)
+        s3gen.load_state_dict(load_file(str(path)), strict=True)
+    elif is_english(variant):
         path = out / "s3gen.safetensors"
         save_safetensors(state, path)
         result = s3gen.load_state_dict(load_file(str(path)), strict=False)
@@ -302,7 +327,25 @@ def cangjie_table(zh_texts: list) -> list:
     return [f"{c}\t{k}" for c, k in entries]
 
 
+def write_gpt2_tokenizer(out: Path) -> dict:
+    """Turbo/Nano: the synthetic GPT-2 files (nightingale_mlx/text/gpt2_files.py, loaded by path)."""
+    import importlib.util
+
+    path = HERE.parents[1] / "nightingale_mlx" / "text" / "gpt2_files.py"
+    spec = importlib.util.spec_from_file_location("gpt2_files", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    names = module.write_gpt2_tokenizer(out)
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(out)) == 50276
+    digest_ = hashlib.sha256(b"".join((out / n).read_bytes() for n in names)).hexdigest()
+    return {"file": names[0], "files": names, "sha256": digest_}
+
+
 def write_tokenizer(variant: str, seed: int, out: Path) -> dict:
+    if variant in TURBO:
+        return write_gpt2_tokenizer(out)
     corpus = load_corpus()
     result = {"file": TOKENIZER_FILES[variant]}
     if is_english(variant):

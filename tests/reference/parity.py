@@ -101,13 +101,15 @@ COMPONENTS["hift"] = hift_harness.hift_checks
 ALIASES.setdefault("s3gen", []).append("hift")
 from . import e2e_harness  # noqa: E402
 COMPONENTS["e2e"] = e2e_harness.e2e_checks
+from . import turbo_harness  # noqa: E402
+COMPONENTS["turbo"] = turbo_harness.turbo_checks  # T3, e2e and voice of Turbo/Nano (--variant turbo|nano)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="nightingale_mlx vs the PyTorch reference")
     p.add_argument("--component", default="t3", help="one of the components, s3gen (flow + hift) or all")
     p.add_argument("--size", choices=["tiny", "full"], default="tiny")
-    p.add_argument("--variant", action="append", choices=["en", "mtl-v2", "mtl-v3"])
+    p.add_argument("--variant", action="append", choices=["en", "mtl-v2", "mtl-v3", "turbo", "nano"])
     p.add_argument("--seed", type=int, default=0, help="the (first) seed")
     p.add_argument("--seeds", type=int, default=1, help="sweep this many consecutive seeds")
     p.add_argument("--summary", type=Path, help="also write the sweep's summary as JSON here")
@@ -126,7 +128,7 @@ def main(argv=None):
     checks = []
     for seed in range(args.seed, args.seed + args.seeds):
         for name in names:
-            for variant in args.variant or ["mtl-v2", "en"]:
+            for variant in args.variant or (["turbo", "nano"] if name == "turbo" else ["mtl-v2", "en"]):
                 start = time.perf_counter()
                 with tempfile.TemporaryDirectory() as work:
                     new = COMPONENTS[name](args.size, variant, seed, Path(work), args.write_fixtures)

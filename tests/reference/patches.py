@@ -14,6 +14,10 @@ Each patch changes sizes, file lookup or offline behaviour, never arithmetic:
   distribution the reference samples from and choose the token (teacher forcing, greedy, or
   inverse-CDF sampling from shared uniforms). The distribution itself is untouched.
 - output: `disable_watermark` makes Perth's watermark an identity (our port does not watermark).
+- Turbo/Nano: 0.1.7 has no Nano; `add_nano_config` registers GPT-2 small (768 wide, 12 heads,
+  12 layers, otherwise GPT2_medium's dict) as `GPT2_small`, and `use_turbo_t3` points
+  `ChatterboxTurboTTS.from_local` at it and at `t3_nano_v1.safetensors`. Tiny sizes shrink both dicts.
+  The meanflow noise `torch.randn(1, 80, 2N)` is injected like the CFM's (`install_meanflow_noise`).
 """
 
 import sys
@@ -40,12 +44,76 @@ def apply_sizes(size: str) -> None:
     _tiny_s3tokenizer()
 
 
+NANO_CONFIG = "GPT2_small"
+# GPT-2 small's sizes (general knowledge, not from 0.1.7, which has no Nano); the rest is GPT2_medium's.
+GPT2_SMALL = dict(n_embd=768, hidden_size=768, n_head=12, n_layer=12)
+
+
+def add_nano_config() -> None:
+    """Registers Nano's GPT-2 small in the reference's config table (sizes only, no arithmetic)."""
+    from chatterbox.models.t3 import llama_configs
+
+    if NANO_CONFIG not in llama_configs.LLAMA_CONFIGS:
+        llama_configs.LLAMA_CONFIGS[NANO_CONFIG] = {**llama_configs.GPT2_MEDIUM_CONFIG, **GPT2_SMALL}
+
+
+def use_turbo_t3(variant: str) -> None:
+    """ChatterboxTurboTTS.from_local hard-codes GPT2_medium and t3_turbo_v1; for Nano, use the
+    GPT2_small config and t3_nano_v1.safetensors instead (file lookup and sizes only)."""
+    if variant != "nano":
+        return
+    add_nano_config()
+    from chatterbox import tts_turbo
+    from chatterbox.models.t3 import t3 as t3_module
+
+    load = tts_turbo.load_file
+
+    def load_named(path, *args, **kwargs):
+        path = Path(path)
+        if path.name == "t3_turbo_v1.safetensors":
+            path = path.with_name("t3_nano_v1.safetensors")
+        return load(path, *args, **kwargs)
+
+    tts_turbo.load_file = load_named
+    T3 = t3_module.T3
+
+    class NanoT3(T3):
+        def __init__(self, hp=None):
+            if hp is not None and hp.llama_config_name == "GPT2_medium":
+                hp.llama_config_name = NANO_CONFIG
+            super().__init__(hp)
+
+    NanoT3.__name__ = NanoT3.__qualname__ = "T3"
+    tts_turbo.T3 = NanoT3
+
+
+def install_meanflow_noise(noise):
+    """Randomness injection for the meanflow S3Gen: `flow_inference` draws the generated region's
+    noise with `torch.randn(1, 80, 2N)`; this returns the last 2N frames of `noise` (the full
+    (1, 80, T) start point, whose prompt part install_cfm_noise hands to randn_like)."""
+    import chatterbox.models.s3gen.s3gen as s3gen_module
+    import torch
+
+    def randn(*shape, **kwargs):
+        frames = shape[-1]
+        return noise[..., noise.shape[-1] - frames:].clone().to(dtype=kwargs.get("dtype") or noise.dtype)
+
+    class _TorchProxy:
+        def __getattr__(self, name):
+            return randn if name == "randn" else getattr(torch, name)
+
+    s3gen_module.torch = _TorchProxy()
+
+
 def _tiny_t3() -> None:
     from chatterbox.models.t3 import llama_configs
     from chatterbox.models.t3.inference import alignment_stream_analyzer
     from chatterbox.models.t3.modules import perceiver
 
     llama_configs.LLAMA_520M_CONFIG_DICT.update(TINY_T3)
+    add_nano_config()
+    llama_configs.GPT2_MEDIUM_CONFIG.update(sizes.TINY_GPT2["turbo"])
+    llama_configs.LLAMA_CONFIGS[NANO_CONFIG].update(sizes.TINY_GPT2["nano"])
     width = TINY_T3["hidden_size"]
     # Perceiver(pre_attention_query_token, pre_attention_query_size, embedding_dim, num_attn_heads)
     perceiver.Perceiver.__init__.__defaults__ = (32, width, width, 4)

@@ -13,6 +13,10 @@ TINY_T3 = dict(
     num_key_value_heads=2,
     head_dim=64,
 )
+# Turbo's GPT2_medium at tiny size, and Nano's GPT-2 small (its reference config is added by
+# patches.add_nano_config) smaller still: the converter must read every size off the tensors.
+TINY_GPT2 = {"turbo": dict(n_embd=128, hidden_size=128, n_head=2, n_layer=4),
+             "nano": dict(n_embd=64, hidden_size=64, n_head=1, n_layer=2)}
 # (layer, head) pairs standing in for the real (12, 15), (13, 11), (9, 2) at tiny depth.
 TINY_ALIGNED_HEADS = [(3, 1), (2, 0), (1, 1)]
 
