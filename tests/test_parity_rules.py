@@ -65,3 +65,15 @@ def test_sweep_summary_worst_is_direction_aware():
     (row,) = sweep.summarize(checks)
     assert row["max_abs_err"] == {"min": 1.0, "median": 2.0, "worst": 3.0}
     assert row["snr_db"]["worst"] == 30.0 and row["failed_seeds"] == [1]
+
+
+def test_turbo_cut_swaps_are_accepted_only_in_matching_pairs():
+    from tests.reference.turbo_harness import boundary_swaps
+
+    ref = np.array([[0.5, 0.3, 0.2, 0.0]])
+    swapped = np.array([[0.5, 0.3, 0.0, 0.2 + 1e-9]])  # the last kept token traded for its near-tie
+    assert boundary_swaps(ref, swapped, 2e-5)[:2] == (1, True)
+    dropped = np.array([[0.6, 0.4, 0.0, 0.0]])  # one token lost, none gained: not a swap
+    assert boundary_swaps(ref, dropped, 2e-5)[:2] == (1, False)
+    far = np.array([[0.5, 0.3, 0.0, 0.3]])  # a swap with a token of another probability
+    assert boundary_swaps(ref, far, 2e-5)[:2] == (1, False)
