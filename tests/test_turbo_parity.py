@@ -70,3 +70,16 @@ def test_live_turbo_parity(variant):
     run = subprocess.run([sys.executable, "-m", "tests.reference.parity", "--component", "turbo", "--size", "tiny",
                           "--variant", variant], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_live_turbo_parity_full_size(variant):
+    """Full-size random weights (GPT-2 medium / small T3, full meanflow S3Gen): opt-in, minutes per variant."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "tests.reference.parity", "--component", "turbo", "--size", "full",
+                          "--variant", variant], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
