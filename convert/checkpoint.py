@@ -23,6 +23,11 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupt or not safe to load."""
 
 
+def _brief(value, limit: int) -> str:
+    """A one-line, bounded repr of untrusted pickle content for an error message (a numpy repr spans lines)."""
+    return " ".join(repr(value).split())[:limit]
+
+
 _REFUSAL = "a checkpoint may only contain tensors, dicts, lists and None"
 _REDOWNLOAD = "re-download it"
 
@@ -77,7 +82,8 @@ def _rebuild_tensor_v2(storage, offset, size, stride, *_ignored):
     if not isinstance(storage, _Storage):
         raise CheckpointError("a tensor does not reference a storage")
     if not _is_layout(offset, size, stride):
-        raise CheckpointError(f"a tensor has an invalid layout {size!r:.40}/{stride!r:.40}/{offset!r:.20}")
+        raise CheckpointError(
+            f"a tensor has an invalid layout {_brief(size, 40)}/{_brief(stride, 40)}/{_brief(offset, 20)}")
     flat = storage.flat
     if 0 in size:
         view = flat[:0].reshape(size)
@@ -135,7 +141,7 @@ class _Unpickler(pickle._Unpickler):
         # torch.save writes ('storage', storage_type, key, location, numel) for every storage.
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and type(pid[2]) is str):
-            raise CheckpointError(f"unsupported persistent id {pid!r:.80}")
+            raise CheckpointError(f"unsupported persistent id {_brief(pid, 80)}")
         return self._read_storage(pid[1], pid[2], pid[4])
 
     def _load_build(self):
@@ -163,7 +169,7 @@ def _storage_reader(zf: zipfile.ZipFile, prefix: str, big_endian: bool):
         dtype = np.dtype("u2" if code == "bf16" else code).newbyteorder(">" if big_endian else "<")
         data = cache[key]
         if type(numel) is not int or len(data) != numel * dtype.itemsize:
-            raise CheckpointError(f"storage '{name}' holds {len(data)} bytes, not {numel!r:.20} x "
+            raise CheckpointError(f"storage '{name}' holds {len(data)} bytes, not {_brief(numel, 20)} x "
                                   f"{dtype.itemsize}; the file is corrupt, {_REDOWNLOAD}")
         return _Storage(key, np.frombuffer(data, dtype), code == "bf16")
 
@@ -225,7 +231,7 @@ def _is_big_endian(zf: zipfile.ZipFile, prefix: str) -> bool:
     except KeyError:
         return False  # written before torch recorded it, always from little-endian hosts
     if order not in (b"little", b"big"):
-        raise CheckpointError(f"unknown byteorder {order!r:.20}")
+        raise CheckpointError(f"unknown byteorder {_brief(order, 20)}")
     return order == b"big"
 
 
@@ -315,7 +321,7 @@ def _tensor_specs(path: Path, header: dict, start: int, size: int) -> dict:
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        bad = CheckpointError(f"{path.name}: bad header entry for '{key}': {info!r:.80}")
+        bad = CheckpointError(f"{path.name}: bad header entry for '{key}': {_brief(info, 80)}")
         try:
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (TypeError, KeyError, ValueError):

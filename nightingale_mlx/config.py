@@ -57,7 +57,8 @@ class BaseConfig:
 
 @dataclass
 class T3Config(BaseConfig):
-    """T3: the Llama-520M backbone plus Chatterbox's embeddings, heads and conditioning encoder."""
+    """T3: the Llama-520M backbone (or Turbo/Nano's GPT-2) plus Chatterbox's embeddings, heads and
+    conditioning encoder. The defaults are the Llama T3's; the converter reads sizes off the tensors."""
 
     hidden_size: int = 1024
     num_hidden_layers: int = 30

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import TURBO_SPEECH_VOCAB, TURBO_TEXT_VOCAB
 from .random_weights import random_state_dict
 
 DATA = Path(__file__).parent / "data"
@@ -46,7 +47,7 @@ MTL_TEXT_TENSORS = ("text_emb.weight", "text_head.weight")
 
 # Tiny GPT-2 T3 sizes (width, layers, heads): Nano is smaller than Turbo, as in the real models.
 GPT2_SIZES = {"turbo": (128, 4, 2), "nano": (64, 2, 1)}
-TURBO_TEXT_VOCAB, TURBO_SPEECH_VOCAB, GPT2_POSITIONS = 50276, 6563, 8196
+GPT2_POSITIONS = 8196  # GPT2_medium's n_positions
 MIXER = "flow.decoder.estimator.time_embed_mixer.weight"
 
 
