@@ -41,7 +41,7 @@ def test_t3_recipe_teacher_forced(variant, recipe, fixtures_dir, tmp_path):
     inputs = {k.split("/", 2)[2]: v for k, v in fx.items() if k.startswith("teacher/in/")}
     ref = {k.split("/", 2)[2]: v for k, v in fx.items() if k.startswith("teacher/ref/")}
     ours = t3_harness.run_ours(model_dir, inputs, alignment_analyzer=variant != "en")
-    _assert_ok(rh.t3_checks(ref, ours, "tiny", recipe, f"{recipe}.t3.{variant}"))
+    _assert_ok(rh.t3_checks(ref, ours, inputs, "tiny", recipe, f"{recipe}.t3.{variant}"))
 
 
 @pytest.mark.parametrize("scenario", ["even", "odd"])
@@ -54,13 +54,15 @@ def test_flow_q8(scenario, fixtures_dir, tmp_path):
     _assert_ok(rh.flow_checks(ref, flow_harness.run_ours(model, inputs), f"q8.flow.{scenario}"))
 
 
-def test_hift_fp16(fixtures_dir, tmp_path):
+@pytest.mark.parametrize("recipe", ["q8", "fp16"])  # q8/q4 keep HiFT fp32; fp16 (and hift=16) make it fp16
+def test_hift_recipe(recipe, fixtures_dir, tmp_path):
     fx, state = _fixture(fixtures_dir, "hift_tiny_mtl-v2.npz")
     save_file(state, str(tmp_path / "s3gen.safetensors"))
     hift = hift_harness.load_hift(tmp_path / "s3gen.safetensors")
-    rh.quantize_s3gen_part(hift, "hift", "q8")
+    rh.quantize_s3gen_part(hift, "hift", recipe)
+    assert hift.conv_post.weight.dtype == (mx.float16 if recipe == "fp16" else mx.float32)
     ours = hift_harness.run_ours(hift, hift_harness.make_inputs(int(fx["seed"])), ref=fx)
-    _assert_ok(rh.hift_checks(fx, ours, "q8.hift"))
+    _assert_ok(rh.hift_checks(fx, ours, f"{recipe}.hift"))
 
 
 def test_cloning_fp16(fixtures_dir, tmp_path):
