@@ -320,3 +320,75 @@ def test_a_full_queue_answers_429_with_retry_after(guarded):
         waiter.join(timeout=120)
     assert len(rest) > 0 and waiting_result["r"].status_code == 200  # the queued one was served in turn
     assert guarded.health()["rejected"] >= 1
+
+
+# ------------------------------------------------------------------------------ load
+
+LOAD_TEXTS = ["Hi there.", "One more time.", "Good morning."]
+
+
+def run_clients(server, clients: int, per_client: int, expected: dict, offset: int = 0) -> list:
+    """CLIENTS threads, each with its own openai client, sending PER_CLIENT requests back to back;
+    every answer must be the exact audio that request gets alone."""
+    failures, lock = [], threading.Lock()
+
+    def one_client(k):
+        client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=600)
+        for i in range(per_client):
+            key = (offset + k + i) % len(LOAD_TEXTS)
+            try:
+                got = client.audio.speech.create(model="tts-1", voice="alloy", input=LOAD_TEXTS[key],
+                                                 response_format="wav", extra_body={"seed": key, "max_new_tokens": 4})
+                ok = got.read() == expected[key]
+            except Exception as e:  # noqa: BLE001  (counted, then reported below)
+                ok = f"{type(e).__name__}: {e}"
+            if ok is not True:
+                with lock:
+                    failures.append((k, i, ok))
+
+    threads = [threading.Thread(target=one_client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
+def load_test(server, client, clients: int, first: int, rest: int):
+    """CLIENTS x FIRST requests, RSS, then CLIENTS x REST more, RSS: all correct, memory flat."""
+    expected = {key: client.audio.speech.create(model="tts-1", voice="alloy", input=text, response_format="wav",
+                                                extra_body={"seed": key, "max_new_tokens": 4}).read()
+                for key, text in enumerate(LOAD_TEXTS)}
+    assert len(set(expected.values())) == len(LOAD_TEXTS)
+    served = server.wait_idle()["served"]
+    t0 = time.perf_counter()
+    assert run_clients(server, clients, first, expected) == []
+    early = server.rss_mb()
+    assert run_clients(server, clients, rest, expected, offset=1) == []
+    late = server.rss_mb()
+    health = server.wait_idle()
+    total = clients * (first + rest)
+    assert health["served"] - served == total and health["rejected"] == 0
+    print(f"load: {clients} clients x {first + rest} requests in {time.perf_counter() - t0:.1f} s; "
+          f"RSS {early:.1f} MiB after {clients * first}, {late:.1f} MiB after {total} ({(late / early - 1) * 100:+.2f}%)")
+    assert late <= early * 1.05, (early, late)
+
+
+def test_load_8_clients_all_correct_memory_flat(server, client):
+    load_test(server, client, clients=8, first=1, rest=3)  # 8 then 32 requests: the CI-sized run
+
+
+@pytest.mark.slow
+def test_load_8_clients_x_25_requests(server, client):
+    load_test(server, client, clients=8, first=3, rest=22)  # RSS after 24 and after 200 requests
+
+
+def test_the_readme_client_example_runs(server, tmp_path, monkeypatch):
+    from tests.test_readme import python_blocks
+
+    blocks = python_blocks(server=True)
+    assert len(blocks) == 1 and "http://127.0.0.1:8000/v1" in blocks[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0].replace("http://127.0.0.1:8000/v1", server.v1), "README.md", "exec"), {})
+    samples, rate = decode((tmp_path / "hello-server.mp3").read_bytes(), "mp3")
+    assert rate == 24000 and len(samples) > 0
