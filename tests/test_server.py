@@ -392,3 +392,49 @@ def test_the_readme_client_example_runs(server, tmp_path, monkeypatch):
     exec(compile(blocks[0].replace("http://127.0.0.1:8000/v1", server.v1), "README.md", "exec"), {})
     samples, rate = decode((tmp_path / "hello-server.mp3").read_bytes(), "mp3")
     assert rate == 24000 and len(samples) > 0
+
+
+# ------------------------------------------------------------------------------ set-up errors (no server)
+
+def test_a_missing_encoder_is_a_400_that_names_the_fix(monkeypatch):
+    import sys
+
+    import av
+
+    from nightingale_mlx.server.encoders import check_format
+    from nightingale_mlx.server.errors import APIError
+
+    monkeypatch.setattr(av, "codecs_available", set(av.codecs_available) - {"aac"})
+    with pytest.raises(APIError) as e:
+        check_format("aac")
+    assert e.value.status == 400 and "aac encoder" in e.value.message and e.value.param == "response_format"
+    check_format("mp3")  # the others are still there
+    monkeypatch.setitem(sys.modules, "av", None)  # PyAV not installed at all
+    with pytest.raises(APIError, match=r"pip install 'nightingale-mlx\[server\]'"):
+        check_format("opus")
+    check_format("wav"), check_format("pcm")  # need no library
+
+
+def serve_error(capsys, *argv):
+    from nightingale_mlx.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--model", "/no/such/model", *map(str, argv)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.startswith("nightingale: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_serve_checks_its_set_up_before_loading_the_model(capsys, monkeypatch, tmp_path):
+    import importlib.util
+    import socket
+
+    assert "--voices" in serve_error(capsys, "--voices", tmp_path / "missing")
+    assert "--queue-size" in serve_error(capsys, "--queue-size", 0)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert "cannot listen on 127.0.0.1" in serve_error(capsys, "--port", busy.getsockname()[1])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert "pip install 'nightingale-mlx[server]'" in serve_error(capsys)
