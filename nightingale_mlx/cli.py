@@ -208,34 +208,9 @@ def _export_ios(args) -> None:
 
 
 def _serve(args) -> None:
-    import os
+    from .server.run import serve
 
-    from .server import run
-
-    run.check_installed()
-    from .streaming import check_chunk_sizes
-
-    check_chunk_sizes(args.first_chunk_tokens, args.chunk_tokens)
-    if args.queue_size < 1 or args.max_upload_mb <= 0 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
-        raise ValueError("--queue-size and --max-new-tokens must be >= 1, --max-upload-mb > 0")
-    voices = Path(args.voices).expanduser() if args.voices else None
-    if voices is not None and not voices.is_dir():
-        raise ValueError(f"--voices {args.voices}: no such directory (create it first)")
-    api_key = args.api_key or os.environ.get("NIGHTINGALE_API_KEY") or None
-    sock = run.bind(args.host, args.port)  # before the model loads: a busy port fails at once
-    if not run.is_loopback(args.host) and not api_key:
-        print(f"nightingale: warning: listening on {args.host} without --api-key: anyone who reaches this port "
-              "can use the model", file=sys.stderr)
-    tts = _load(args)
-    from .loader import cache_root
-    from .server.app import create_app
-
-    for _ in tts.stream("Hello.", max_new_tokens=4, seed=0):  # compile and warm the caches before the first client
-        pass
-    app = create_app(tts, voices_dir=voices or cache_root() / "voices", api_key=api_key, max_queue=args.queue_size,
-                     max_upload_bytes=int(args.max_upload_mb * (1 << 20)), first_chunk_tokens=args.first_chunk_tokens,
-                     chunk_tokens=args.chunk_tokens, max_new_tokens=args.max_new_tokens)
-    run.run(app, sock, quiet=args.quiet)
+    serve(args, _load)
 
 
 def _doctor(args) -> None:
@@ -337,18 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("serve", help="an OpenAI-compatible speech server (/v1/audio/speech) and a web page "
                                      "(needs [server])", parents=[common])
     _model_args(w)
-    w.add_argument("--profile", choices=["upstream", "compat-0.1.7"], help="behaviour profile")
-    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    w.add_argument("--port", type=int, default=8000, help="port (0: any free one, printed at start)")
-    w.add_argument("--voices", metavar="DIR", help="baked voices to offer by name; uploads are stored here "
-                                                   "(default: voices/ in the model cache)")
-    w.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $NIGHTINGALE_API_KEY, else none)")
-    w.add_argument("--queue-size", type=int, default=16, help="requests that may wait for the model; more get 429")
-    w.add_argument("--max-upload-mb", type=float, default=20, help="largest voice upload, in MiB")
-    w.add_argument("--first-chunk-tokens", type=int, default=12, help="speech tokens before the first audio chunk")
-    w.add_argument("--chunk-tokens", type=int, default=25, help="speech tokens per later chunk (25 = 1 s)")
-    w.add_argument("--max-new-tokens", type=int, help="cap on speech tokens per sentence for every request (bounds "
-                                                      "each request's work; a request may ask for fewer)")
+    from .server.run import add_arguments
+
+    add_arguments(w)
     w.set_defaults(func=_serve)
 
     d = sub.add_parser("doctor", help="report the MLX device, versions, cache dir, OpenBLAS and extras",
