@@ -255,8 +255,10 @@ def test_a_client_that_leaves_mid_stream_frees_the_model_within_one_chunk(server
     with httpx.Client(timeout=120) as http:
         with http.stream("POST", server.v1 + "/audio/speech",
                          json={"input": TEXT, "response_format": "pcm", "seed": 1, "max_new_tokens": 60}) as r:
-            next(r.iter_raw())  # the first chunk has arrived: the model is mid-utterance
+            chunks = r.iter_raw()
+            next(chunks)  # the first chunk has arrived: the model is mid-utterance
             left = time.perf_counter()
+            chunks.close()  # closes the connection: the client is gone
     while server.health()["queue"]["running"]:
         time.sleep(0.005)
     freed = time.perf_counter() - left
@@ -297,7 +299,7 @@ def test_api_key_is_required_when_set(guarded):
 
 def test_a_full_queue_answers_429_with_retry_after(guarded):
     auth = {"Authorization": "Bearer s3cret"}
-    long = {"input": TEXT, "response_format": "pcm", "max_new_tokens": 300, "seed": 2}  # ~50 chunks
+    long = {"input": TEXT, "response_format": "pcm", "max_new_tokens": 300, "seed": 2}  # ~28 chunks (the text caps it)
     waiting_result = {}
 
     def wait_in_queue():
@@ -307,7 +309,8 @@ def test_a_full_queue_answers_429_with_retry_after(guarded):
     waiter = threading.Thread(target=wait_in_queue)
     with httpx.Client(timeout=120, headers=auth) as http:
         with http.stream("POST", guarded.v1 + "/audio/speech", json=long) as running:
-            next(running.iter_raw())  # the model is busy with this one
+            body = running.iter_raw()  # kept: a dropped iterator closes the connection (a disconnect)
+            next(body)  # the model is busy with this one
             waiter.start()
             deadline = time.monotonic() + 30
             while guarded.health()["queue"]["waiting"] < 1:
@@ -317,6 +320,7 @@ def test_a_full_queue_answers_429_with_retry_after(guarded):
             assert full.status_code == 429 and int(full.headers["Retry-After"]) >= 1
             assert "busy" in error_of(full)["message"]
             assert guarded.health()["queue"]["running"]
+            body.close()
         # Leaving the long one frees the model for the queued request, served in its turn.
     waiter.join(timeout=120)
     assert waiting_result["r"].status_code == 200 and waiting_result["r"].content
