@@ -209,6 +209,12 @@ def _export_ios(args) -> None:
     print(f"nightingale: iOS bundle written to {out}", file=sys.stderr)
 
 
+def _serve(args) -> None:
+    from .server.run import serve
+
+    serve(args, _load)
+
+
 def _doctor(args) -> None:
     from .doctor import report
 
@@ -307,6 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     q.add_argument("--json", action="store_true", help="print the full result as JSON")
     q.set_defaults(func=_quality)
+
+    w = sub.add_parser("serve", help="an OpenAI-compatible speech server (/v1/audio/speech) and a web page "
+                                     "(needs [server])", parents=[common])
+    _model_args(w)
+    from .server.run import add_arguments
+
+    add_arguments(w)
+    w.set_defaults(func=_serve)
 
     d = sub.add_parser("doctor", help="report the MLX device, versions, cache dir, OpenBLAS and extras",
                        parents=[common])

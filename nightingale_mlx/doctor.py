@@ -8,7 +8,8 @@ import sys
 
 from . import __version__, blas
 
-EXTRAS = {"playback": "sounddevice", "coreml": "coremltools", "ja": "pykakasi", "zh": "spacy_pkuseg"}
+EXTRAS = {"playback": "sounddevice", "coreml": "coremltools", "ja": "pykakasi", "zh": "spacy_pkuseg",
+          "server": "fastapi"}
 
 
 def _version(dist: str) -> str:

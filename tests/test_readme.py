@@ -14,8 +14,11 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SUBSTITUTIONS = {'ng.load("ResembleAI/chatterbox")': 'ng.load("synthetic", variant="mtl-v3")'}
 
 
-def python_blocks() -> list:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def python_blocks(server: bool = False) -> list:
+    """The README's Python blocks; the ones that talk to `nightingale serve` (they name a base_url)
+    run against a live server in tests/test_server.py instead."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    return [b for b in blocks if ("base_url=" in b) == server]
 
 
 def test_readme_python_examples_run(cache, tmp_path, monkeypatch, fixtures_dir):
