@@ -89,11 +89,15 @@ def file_hashes(bundle: Path) -> dict:
 def export_voices(t3, model_dir: Path, out: Path, cond_slot: int) -> list:
     """Bakes each voice's speaker + perceiver tokens (exaggeration-free) into the bundle; for GPT-2
     its speaker row + prompt-token embeddings (no emotion row), which must fit the prefill's cond slot."""
-    from nightingale_mlx.voice import Voice
+    from nightingale_mlx.voice import Voice, VoiceError
 
     names = []
     for path in sorted((model_dir / "voices").glob("*.safetensors")):
         voice = Voice.load(path)
+        try:  # a standard voice's 150-token perceiver prompt is not a Turbo prompt, and the reverse
+            voice.check_family(*(("turbo", "Turbo/Nano") if t3.cfg.is_gpt2 else ("standard", "standard")))
+        except VoiceError as e:
+            raise ExportError(f"voice {path.stem}: {e}") from None
         cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.0)
         if t3.cfg.emotion_adv:
             cond = cond[:, : t3.cfg.cond_len - 1]  # the emotion row is added per request

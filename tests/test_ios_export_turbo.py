@@ -33,7 +33,7 @@ def _model(directory: Path, variant: str, quantize: str) -> Path:
     rng = np.random.default_rng(1)
     Voice(speaker_emb=rng.standard_normal((1, 256)), prompt_tokens=rng.integers(0, 6561, (1, PROMPT_TOKENS)),
           gen_prompt_token=rng.integers(0, 6561, (1, 30)), gen_prompt_feat=rng.standard_normal((1, 60, 80)),
-          gen_embedding=rng.standard_normal((1, 192))).save(out / "voices" / "default.safetensors")
+          gen_embedding=rng.standard_normal((1, 192)), family="turbo").save(out / "voices" / "default.safetensors")
     return out
 
 
@@ -94,7 +94,6 @@ def test_turbo_manifest(turbo_q4):
     assert prefill["inputs"]["cond"] == [[1, COND_SLOT, 128], "fp16"] and "cond_len" in prefill["inputs"]
     assert prefill["outputs"]["logits"][0] == [1, t3["tokens"]["speech_vocab_size"]]
     assert not (bundle / "t3_conditioning.safetensors").exists()  # no exaggeration token
-    from nightingale_mlx.voice import Voice  # noqa: F401  (bundle voices are plain safetensors)
     import mlx.core as mx
 
     voice = mx.load(str(bundle / "voices" / "default.safetensors"))
@@ -123,3 +122,18 @@ def test_voice_longer_than_the_cond_slot_is_a_clear_error(turbo_q4, tmp_path):
     with pytest.raises(ExportError, match="31 conditioning rows exceed the cond slot 16"):
         export_ios(model, tmp_path / "x.nightingale", context=CONTEXT, text_slots=[TEXT_SLOT], cond_slot=16)
     assert not (tmp_path / "x.nightingale").exists()
+
+
+def test_standard_voice_is_refused(turbo_q4, tmp_path):
+    import shutil
+
+    from nightingale_mlx.voice import Voice
+
+    model, _, _ = turbo_q4
+    voices = tmp_path / "model"
+    shutil.copytree(model, voices)
+    voice = Voice.load(voices / "voices" / "default.safetensors")
+    voice.family = "standard"
+    voice.save(voices / "voices" / "default.safetensors")
+    with pytest.raises(ExportError, match="voice default: this voice was made for"):
+        export_ios(voices, tmp_path / "x.nightingale", context=CONTEXT, text_slots=[TEXT_SLOT], cond_slot=COND_SLOT)
