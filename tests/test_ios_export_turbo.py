@@ -137,3 +137,30 @@ def test_standard_voice_is_refused(turbo_q4, tmp_path):
     voice.save(voices / "voices" / "default.safetensors")
     with pytest.raises(ExportError, match="voice default: this voice was made for"):
         export_ios(voices, tmp_path / "x.nightingale", context=CONTEXT, text_slots=[TEXT_SLOT], cond_slot=COND_SLOT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["turbo", "nano"])
+def test_full_size_q4_t3_package(variant, tmp_path, monkeypatch):
+    """Full-size random GPT-2 T3 (Turbo: medium 1024 x 24; Nano: small 768 x 12) at q4, default cond
+    slot (376), a 375-token voice, 512 context: logits, int4 codes bit-exact, weights <= 20% of fp32.
+
+    Not run in CI: ~3 min for Turbo (convert, export, 24 layers in the numpy interpreter)."""
+    import nightingale_mlx.synthetic as syn
+    from convert.convert import convert
+    from nightingale_mlx.voice import Voice
+
+    monkeypatch.setitem(syn.GPT2_SIZES, variant, {"turbo": (1024, 24, 16), "nano": (768, 12, 12)}[variant])
+    (tmp_path / "ckpt").mkdir()
+    ckpt = syn.write_checkpoint(tmp_path / "ckpt", variant)
+    model = convert(ckpt, tmp_path / "model", variant=variant, quantize="q4", components=["t3", "text"])
+    rng = np.random.default_rng(1)
+    Voice(speaker_emb=rng.standard_normal((1, 256)), prompt_tokens=rng.integers(0, 6561, (1, 375)),
+          gen_prompt_token=rng.integers(0, 6561, (1, 30)), gen_prompt_feat=rng.standard_normal((1, 60, 80)),
+          gen_embedding=rng.standard_normal((1, 192)), family="turbo").save(model / "voices" / "default.safetensors")
+    bundle = export_ios(model, tmp_path / "full.nightingale", context=512, text_slots=[64])
+    report = verify(bundle, model)
+    t3 = report["t3"]
+    print(json.dumps({k: t3[k] for k in ("numerics", "codes", "weight_fraction_of_fp32", "weight_bytes")}, indent=1))
+    assert report["ok"] and t3["codes"]["codes_equal"], json.dumps(t3, indent=1)
+    assert t3["weight_fraction_of_fp32"] <= Q4_MAX_FRACTION
