@@ -122,7 +122,7 @@ class _Graph:
         self.gpt2 = self.cfg.is_gpt2
         self.B = batch_size(self.cfg)
         self.n_heads = self.cfg.num_attention_heads
-        self.head_dim = self.cfg.hidden_size // self.n_heads if self.gpt2 else self.cfg.head_dim
+        self.head_dim = head_dim(self.cfg)
         if not self.gpt2:
             self.cos, self.sin = rope_tables(t3.tfmr.layers[0].self_attn, self.head_dim, context)
 
@@ -182,8 +182,9 @@ class _Graph:
         x = mb.add(x=x, y=mb.linear(x=o, weight=self.w(attn.c_proj, f"{name}.attn.c_proj"), bias=self.b(attn.c_proj)))
         h = self.norm(x, layer.ln_2)
         mlp = layer.mlp
-        h = mb.gelu(x=mb.linear(x=h, weight=self.w(mlp.c_fc, f"{name}.mlp.c_fc"), bias=self.b(mlp.c_fc)),
-                    mode="TANH_APPROXIMATION")
+        # tanh GELU in fp32: its x**3 overflows fp16 beyond |x| ~ 40 (GPT-2 has large activations).
+        h = self.f16(mb.gelu(x=self.f32(mb.linear(x=h, weight=self.w(mlp.c_fc, f"{name}.mlp.c_fc"),
+                                                  bias=self.b(mlp.c_fc))), mode="TANH_APPROXIMATION"))
         return mb.add(x=x, y=mb.linear(x=h, weight=self.w(mlp.c_proj, f"{name}.mlp.c_proj"), bias=self.b(mlp.c_proj)))
 
     def layer(self, i, layer, x, S, cos, sin, attend):
