@@ -145,7 +145,7 @@ def test_full_size_q4_t3_package(variant, tmp_path, monkeypatch):
     """Full-size random GPT-2 T3 (Turbo: medium 1024 x 24; Nano: small 768 x 12) at q4, default cond
     slot (376), a 375-token voice, 512 context: logits, int4 codes bit-exact, weights <= 20% of fp32.
 
-    Not run in CI: ~3 min for Turbo (convert, export, 24 layers in the numpy interpreter)."""
+    Not run in CI: ~3 min for both (convert, export, 24 layers of Turbo in the numpy interpreter)."""
     import nightingale_mlx.synthetic as syn
     from convert.convert import convert
     from nightingale_mlx.voice import Voice
