@@ -3,11 +3,13 @@
 Bundle layout:
     manifest.json             shapes, token ids, sampling, quantization, compute units, file hashes
     t3.mlpackage              stateful multifunction T3 (prefill_<T> + decode), blockwise int4/int8
+                              (Llama with CFG rows, or Turbo/Nano's GPT-2 at batch 1)
     flow.mlpackage            S3Gen flow over a fixed chunk of tokens: encoder + 10 unrolled CFM steps -> mel
+                              (Turbo/Nano: 2 meanflow steps, no CFG)
     hift_source.mlpackage     HiFT F0 + SineGen/NSF excitation + its STFT (fp32)
     hift_body.mlpackage       HiFT conv body (fp16)
     hift_tail.mlpackage       HiFT conv_post + exp/sin + iSTFT (fp32)
-    t3_conditioning.safetensors   emotion_weight (D,): cond token 34 = exaggeration * emotion_weight
+    t3_conditioning.safetensors   emotion_weight (D,): cond token 34 = exaggeration * emotion_weight (not Turbo/Nano)
     voices/NAME.safetensors   t3_cond (1, 33, D) fp16 (speaker + perceiver tokens) + S3Gen prompts
     tokenizer files           copied from the model dir, with the text section of config.json
 """
@@ -28,7 +30,7 @@ from nightingale_mlx.streaming import StreamConfig
 
 from .flow_package import build_flow_package
 from .hift_package import build_hift_packages
-from .t3_package import FUNCTION_DECODE, build_t3_package, prefill_name
+from .t3_package import FUNCTION_DECODE, build_t3_package, decode_inputs, default_cond_slot, prefill_name
 
 FORMAT = {"format": "nightingale-ios", "format_version": 1}
 MANIFEST = "manifest.json"
@@ -54,6 +56,16 @@ SAMPLING_STEPS = [
     "top_p: sort ascending, drop the prefix whose cumulative probability <= 1 - top_p, keep >= 1 id",
     "sample: categorical over softmax(logits); stop at stop_speech_token (not emitted)",
 ]
+# Turbo/Nano (inference_turbo): no CFG or min-p, warpers before the penalty.
+TURBO_SAMPLING_STEPS = [
+    "temperature: logits / temperature (skip when temperature is 1)",
+    "top_k: keep ids whose logit >= the k-th largest (ties kept)",
+    "top_p: sort ascending, drop the prefix whose cumulative probability <= 1 - top_p, keep >= 1 id",
+    "repetition_penalty: for every generated token id (BOS too at the first step only): "
+    "x < 0 ? x * penalty : x / penalty",
+    "sample: categorical over softmax(logits); stop at stop_speech_token (not emitted) unless sampled "
+    "from the prefill; then append silence_tokens x S3GEN silence token before the flow",
+]
 
 
 class ExportError(ValueError):
@@ -74,14 +86,23 @@ def file_hashes(bundle: Path) -> dict:
             if p.is_file() and p.name != MANIFEST}
 
 
-def export_voices(t3, model_dir: Path, out: Path) -> list:
-    """Bakes each voice's speaker + perceiver tokens (exaggeration-free) into the bundle."""
-    from nightingale_mlx.voice import Voice
+def export_voices(t3, model_dir: Path, out: Path, cond_slot: int) -> list:
+    """Bakes each voice's speaker + perceiver tokens (exaggeration-free) into the bundle; for GPT-2
+    its speaker row + prompt-token embeddings (no emotion row), which must fit the prefill's cond slot."""
+    from nightingale_mlx.voice import Voice, VoiceError
 
     names = []
     for path in sorted((model_dir / "voices").glob("*.safetensors")):
         voice = Voice.load(path)
-        cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.0)[:, : t3.cfg.cond_len - 1]
+        try:  # a standard voice's 150-token perceiver prompt is not a Turbo prompt, and the reverse
+            voice.check_family(*(("turbo", "Turbo/Nano") if t3.cfg.is_gpt2 else ("standard", "standard")))
+        except VoiceError as e:
+            raise ExportError(f"voice {path.stem}: {e}") from None
+        cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.0)
+        if t3.cfg.emotion_adv:
+            cond = cond[:, : t3.cfg.cond_len - 1]  # the emotion row is added per request
+        if cond.shape[1] > cond_slot:
+            raise ExportError(f"voice {path.stem}: {cond.shape[1]} conditioning rows exceed the cond slot {cond_slot}")
         arrays = {"t3_cond": cond.astype(mx.float16)}
         arrays.update({k: getattr(voice, k) for k in VOICE_S3GEN_FIELDS})
         (out / "voices").mkdir(exist_ok=True)
@@ -94,33 +115,49 @@ def t3_manifest(t3, config, package_info: dict) -> dict:
     cfg = t3.cfg
     recipe = model_io.recipe_of(config)
     bits = recipe.bits["t3"]
-    C, D = cfg.cond_len, cfg.hidden_size
+    C, D, B = package_info["cond_slot"], cfg.hidden_size, package_info["batch"]
+    nb = 2 if cfg.repeat_bos else 1
+    logits = {"logits": [[B, cfg.speech_vocab_size], "fp32"]}
     functions = {FUNCTION_DECODE: {
-        "inputs": {"token": [1, "int32"], "position": [1, "int32"], "speech_position": [1, "int32"]},
-        "outputs": {"logits": [[2, cfg.speech_vocab_size], "fp32"]},
-        "notes": "position = index of this token in the sequence (the KV slot it writes); "
-                 "speech_position = step + 1 for the token sampled at step (0-based)",
+        "inputs": {name: [1, "int32"] for name in decode_inputs(cfg)},
+        "outputs": logits,
+        "notes": "position = index of this token in the sequence (the KV slot it writes"
+                 + ("; GPT-2's position embedding row)" if cfg.is_gpt2 else
+                    "); speech_position = step + 1 for the token sampled at step (0-based)"),
     }}
     for T in package_info["text_slots"]:
+        inputs = {"cond": [[1, C, D], "fp16"], "text_ids": [[1, T], "int32"], "text_len": [1, "int32"]}
+        first = f"{C} + text_len + {nb}"
+        if cfg.is_gpt2:
+            inputs["cond_len"] = [1, "int32"]
+            first = f"cond_len + text_len + {nb}"
         functions[prefill_name(T)] = {
-            "inputs": {"cond": [[1, C, D], "fp16"], "text_ids": [[1, T], "int32"], "text_len": [1, "int32"]},
-            "outputs": {"logits": [[2, cfg.speech_vocab_size], "fp32"]},
+            "inputs": inputs, "outputs": logits,
             "notes": f"text_ids = [SOT] + text + [EOT] padded to {T} with any id; text_len counts SOT/EOT; "
-                     f"first decode position = {C} + text_len + 2",
+                     + ("cond = the voice's t3_cond rows padded to the cond slot, cond_len its rows; "
+                        if cfg.is_gpt2 else "") + f"first decode position = {first}",
         }
+    if cfg.is_gpt2:
+        cond = {"length": C, "hidden_size": D, "layout": "voice t3_cond (speaker row + prompt-token embeddings), "
+                f"zero-padded to {C} rows; cond_len = its row count", "emotion_row": None}
+    else:
+        cond = {"length": C, "hidden_size": D,
+                "layout": "voice t3_cond (33 rows: speaker, 32 perceiver) + emotion row",
+                "emotion_row": "fp16(fp16(exaggeration) * emotion_weight) from t3_conditioning.safetensors"}
     return {
         "package": T3_PACKAGE,
         "compute_units": "cpuAndGPU",  # blockwise int4/int8 is GPU-only (COREML_NOTES §0)
         "functions": functions,
         "default_function": FUNCTION_DECODE,
         "states": {"names": package_info["states"],
-                   "shape": [2, cfg.num_attention_heads, package_info["context"], cfg.head_dim], "dtype": "fp16",
-                   "rows": "0 = conditioned, 1 = unconditioned (CFG)"},
+                   "shape": [B, cfg.num_attention_heads, package_info["context"], package_info["head_dim"]],
+                   "dtype": "fp16",
+                   "rows": "0 = conditioned, 1 = unconditioned (CFG)" if B == 2 else "one row: no CFG (GPT-2 T3)"},
         "context": package_info["context"],
         "text_slots": package_info["text_slots"],
-        "cond": {"length": C, "hidden_size": D,
-                 "layout": "voice t3_cond (33 rows: speaker, 32 perceiver) + emotion row",
-                 "emotion_row": "fp16(fp16(exaggeration) * emotion_weight) from t3_conditioning.safetensors"},
+        "cfg": B == 2,
+        "bos_tokens": nb,
+        "cond": cond,
         "tokens": {"start_text": cfg.start_text_token, "stop_text": cfg.stop_text_token,
                    "start_speech": cfg.start_speech_token, "stop_speech": cfg.stop_speech_token,
                    "speech_vocab_size": cfg.speech_vocab_size, "max_speech_tokens": cfg.max_speech_tokens},
@@ -169,6 +206,14 @@ def check_chunk_args(chunk_frames, vocoder_frames) -> None:
 
 
 def sampling_manifest(config) -> dict:
+    if config.is_turbo:
+        from nightingale_mlx.config import S3GEN_SILENCE_TOKEN, TURBO_SILENCE_TOKENS
+        from nightingale_mlx.tts import TURBO_SAMPLING
+
+        defaults = {k: v for k, v in TURBO_SAMPLING.items() if k not in ("cfg_weight", "min_p", "order")}
+        return {"defaults": {**defaults, "max_new_tokens": SamplingParams().max_new_tokens},
+                "steps": TURBO_SAMPLING_STEPS, "drop_last_token": False,
+                "silence_tokens": TURBO_SILENCE_TOKENS, "silence_token": S3GEN_SILENCE_TOKEN}
     profile = PROFILES[config.profile]
     defaults = SamplingParams(repetition_penalty=profile.repetition_penalty)
     return {"defaults": {**{k: getattr(defaults, k) for k in
@@ -180,11 +225,13 @@ def sampling_manifest(config) -> dict:
 
 def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTEXT,
                text_slots: Sequence[int] = DEFAULT_TEXT_SLOTS, force: bool = False,
-               chunk_frames: int = DEFAULT_CHUNK_FRAMES, vocoder_frames: int = DEFAULT_VOCODER_FRAMES) -> Path:
+               chunk_frames: int = DEFAULT_CHUNK_FRAMES, vocoder_frames: int = DEFAULT_VOCODER_FRAMES,
+               cond_slot: Optional[int] = None) -> Path:
     """Writes the bundle at `out` (staged in a temp dir, then moved into place). Returns its path.
 
     `chunk_frames` is the flow package's static window (2 mel frames per token), `vocoder_frames`
     the HiFT packages'. A model converted without S3Gen gets a T3-only bundle (`s3gen: null`).
+    `cond_slot`: a GPT-2 (Turbo/Nano) prefill's conditioning rows (default 1 + 375 prompt tokens).
     """
     model_dir, out = Path(model_dir), Path(out)
     if target not in TARGETS:
@@ -199,19 +246,19 @@ def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTE
     except ImportError:
         raise ExportError("coremltools is not installed: pip install 'nightingale-mlx[coreml]'") from None
     config = model_io.load_config(model_dir)
-    if config.is_turbo:  # the GPT-2 T3 and the 2-step meanflow flow have no MIL builders yet
-        raise ExportError(f"{model_dir} is a {config.variant} model; the Core ML export supports the English and "
-                          "multilingual models only (Turbo/Nano: not implemented yet)")
     t3, _ = model_io.load_t3(model_dir, config)
     s3gen = model_io.load_s3gen(model_dir, config) if config.s3gen else None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         stage = Path(tmp) / "bundle"
         stage.mkdir()
-        info = build_t3_package(t3, stage / T3_PACKAGE, context, text_slots, tmp)
-        emotion = t3.cond_enc.emotion_adv_fc.weight.reshape(-1).astype(mx.float16)
-        mx.save_safetensors(str(stage / T3_CONDITIONING), {"emotion_weight": emotion})
-        voices = export_voices(t3, model_dir, stage)
+        # Voices first: one too long for the cond slot fails before the packages are built.
+        slot = default_cond_slot(t3.cfg) if cond_slot is None or not t3.cfg.is_gpt2 else cond_slot  # Llama's is fixed
+        voices = export_voices(t3, model_dir, stage, slot)
+        info = build_t3_package(t3, stage / T3_PACKAGE, context, text_slots, tmp, slot)
+        if t3.cfg.emotion_adv:  # GPT-2 T3s have no exaggeration token
+            emotion = t3.cond_enc.emotion_adv_fc.weight.reshape(-1).astype(mx.float16)
+            mx.save_safetensors(str(stage / T3_CONDITIONING), {"emotion_weight": emotion})
         tokenizer = _copy_tokenizer(model_dir, config, stage)
         s3gen_info = None
         if s3gen is not None:

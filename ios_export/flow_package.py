@@ -7,8 +7,10 @@ the prompt's tail while the window overlaps it), exactly what the MLX streamer f
   shares with the prompt, zeros after), `embedding` (1, 192) fp32 (the voice's CAMPPlus x-vector),
   `noise` (1, 80, T) fp32 (the CFM's x0; no random ops); output `mel` (1, 80, T) fp32, T = 2 W.
 - CFG runs as a batch of 2 (row 1: zero mu, speaker and cond); the cosine t schedule and
-  inference_cfg_rate are baked in. The time embedding and each ResNet block's time projection
-  depend only on the step, so MLX computes them at export and they become per-step constants.
+  inference_cfg_rate are baked in. The meanflow decoder (Turbo/Nano): batch 1, no CFG, linear
+  times, the (t, r) time mixer; its 2 steps come from the config. The time embedding and each
+  ResNet block's time projection depend only on the step, so MLX computes them at export and they
+  become per-step constants.
 - Layout (B, C, 1, T), Linear = 1x1 conv (layers.py). Target `gpu`: fp16 activations with fp32
   layer norms, softmax and Euler state; quantized linears as blockwise constexprs from MLX's codes.
   Target `ane`: fp16 throughout, fp16 weights (MLX's own dequantization).
@@ -35,16 +37,22 @@ class FlowExportError(ValueError):
 
 
 def step_constants(flow, n_timesteps: int) -> List[Dict[str, np.ndarray]]:
-    """Per Euler step: dt and each ResNet block's time projection (C,), computed by MLX itself."""
+    """Per Euler step: dt and each ResNet block's time projection (C,), computed by MLX itself.
+
+    The meanflow decoder (Turbo) steps on linear times and mixes the embeddings of t and the step's
+    end time r (cfm.py); both only depend on the step, so they stay export-time constants."""
     est = flow.decoder.estimator
-    t_span = cosine_t_span(n_timesteps)
+    meanflow = flow.decoder.meanflow
+    t_span = mx.linspace(0, 1, n_timesteps + 1, dtype=mx.float32) if meanflow else cosine_t_span(n_timesteps)
     blocks = {f"down_blocks.{i}": s[0] for i, s in enumerate(est.down_blocks)}
     blocks.update({f"mid_blocks.{i}": s[0] for i, s in enumerate(est.mid_blocks)})
     blocks.update({f"up_blocks.{i}": s[0] for i, s in enumerate(est.up_blocks)})
     steps = []
     for k in range(n_timesteps):
-        t = mx.broadcast_to(t_span[k], (2,))
-        t_emb = est.time_mlp(timestep_embedding(t, est.time_dim))
+        if meanflow:
+            t_emb = est.time_embedding(t_span[k : k + 1], t_span[k + 1 : k + 2])
+        else:
+            t_emb = est.time_mlp(timestep_embedding(mx.broadcast_to(t_span[k], (2,)), est.time_dim))
         consts = {name: np.array(b.mlp[1](b.mlp[0](t_emb))[0].astype(mx.float32)) for name, b in blocks.items()}
         consts["dt"] = float((t_span[k + 1] - t_span[k]).item())
         steps.append(consts)
@@ -157,7 +165,7 @@ class FlowGraph:
         return mb.add(x=x, y=L.linear(h, ff[2], f"{path}.ff.net.2"))
 
     def estimator(self, x, consts: Dict[str, np.ndarray], T: int):
-        """v(x, t) for both CFG rows: x (2, 320, 1, T) already holds [x | mu | spks | cond]."""
+        """v(x, t) for the CFG rows (or meanflow's one row): x (B, 320, 1, T) holds [x | mu | spks | cond]."""
         mb, L = self.mb, self.L
         est, p = self.flow.decoder.estimator, "flow.decoder.estimator"
 
@@ -194,6 +202,7 @@ def _program(flow, frames: int, n_timesteps: int, target: str):
              "noise": mb.TensorSpec((1, n_mels, frames), dtype=types.fp32)}
     steps = step_constants(flow, n_timesteps)
     w = float(flow.decoder.inference_cfg_rate)
+    cfg_batch = not flow.decoder.meanflow  # meanflow was distilled with CFG folded in: batch 1
     with Function(specs, opset_version=ct.target.iOS18) as func:
         a = func.inputs
         L = Layers(mb, "fp16", fp32_islands=gpu, blockwise=gpu)
@@ -209,12 +218,17 @@ def _program(flow, frames: int, n_timesteps: int, target: str):
         spks = mb.tile(x=mb.reshape(x=spks, shape=[1, n_mels, 1, 1]), reps=[1, 1, 1, frames])
         cond = mb.expand_dims(x=a["cond"], axes=[2])
         static = mb.concat(values=[mu, spks, cond], axis=1)  # (1, 240, 1, T)
-        static = mb.concat(values=[static, np.zeros((1, 3 * n_mels, 1, frames), np.float16)], axis=0)  # CFG row
+        if cfg_batch:
+            static = mb.concat(values=[static, np.zeros((1, 3 * n_mels, 1, frames), np.float16)], axis=0)  # CFG row
         x = mb.expand_dims(x=L.cast(a["noise"], island), axes=[2])  # the Euler state
         for consts in steps:
             x16 = L.cast(x, "fp16")
-            h = mb.concat(values=[mb.concat(values=[x16, x16], axis=0), static], axis=1)  # (2, 320, 1, T)
+            xs = mb.concat(values=[x16, x16], axis=0) if cfg_batch else x16
+            h = mb.concat(values=[xs, static], axis=1)  # (B, 320, 1, T)
             v = L.cast(g.estimator(h, consts, frames), island)
+            if not cfg_batch:
+                x = mb.add(x=x, y=mb.mul(x=v, y=L.const(np.float32(consts["dt"]), island)))
+                continue
             v_c = mb.slice_by_index(x=v, begin=[0, 0, 0, 0], end=[1, n_mels, 1, frames])
             v_u = mb.slice_by_index(x=v, begin=[1, 0, 0, 0], end=[2, n_mels, 1, frames])
             guided = mb.sub(x=mb.mul(x=v_c, y=L.const(np.float32(1.0 + w), island)),
@@ -253,5 +267,6 @@ def build_flow_package(flow, out_path, frames: int, target: str = "gpu", n_times
                    "embedding": [[1, flow.cfg.spk_embed_dim], "fp32"], "noise": [[1, M, frames], "fp32"]},
         "outputs": {"mel": [[1, M, frames], "fp32"]},
         "chunk_tokens": W, "chunk_frames": frames, "n_timesteps": n,
-        "cfg_rate": float(flow.decoder.inference_cfg_rate), "lookahead_tokens": flow.cfg.pre_lookahead_len,
+        "cfg_rate": 0.0 if flow.decoder.meanflow else float(flow.decoder.inference_cfg_rate),
+        "meanflow": bool(flow.decoder.meanflow), "lookahead_tokens": flow.cfg.pre_lookahead_len,
     }

@@ -28,6 +28,7 @@ T3_OPS = {
     "slice_update", "slice_by_index", "concat", "reshape", "transpose", "gather", "add", "sub", "mul",
     "select", "greater_equal", "less", "less_equal", "logical_and", "cast", "reduce_mean", "rsqrt", "silu",
     "scaled_dot_product_attention", "expand_dims", "squeeze", "tile", "stack",
+    "layer_norm", "gelu",  # the GPT-2 T3 (Turbo/Nano)
 }
 MAX_REL_ERR = 1e-2
 DECODE_STEPS = 10
@@ -84,12 +85,13 @@ def codes(interp: Interpreter, model) -> dict:
                 mismatched.append(op.name)
                 continue
             q = quantized_weight(module)
-            rows = q.codes.shape[0]
-            data = np.asarray(op.inputs["data"].val).astype(np.uint8).reshape(rows, -1)
+            data = np.asarray(op.inputs["data"].val).astype(np.uint8)
+            rows = data.shape[0]  # GPT-2's wpe keeps its first `context` rows
+            data = data.reshape(rows, -1)
             scale = np.asarray(op.inputs["scale"].val).reshape(rows, -1)
             offset = np.asarray(op.inputs["offset"].val).reshape(rows, -1)
-            same = np.array_equal(data, q.codes) and scale.dtype == np.float16 and \
-                np.array_equal(scale.view(np.uint16), q.scale.view(np.uint16))
+            same = rows <= q.codes.shape[0] and np.array_equal(data, q.codes[:rows]) and \
+                scale.dtype == np.float16 and np.array_equal(scale.view(np.uint16), q.scale[:rows].view(np.uint16))
             if not same:
                 mismatched.append(op.name)
             # Dequantized weights vs MLX's fp16 dequantize: only rounding may differ.
@@ -98,7 +100,7 @@ def codes(interp: Interpreter, model) -> dict:
             # the unit is the fp16 ulp of the matrix's absmax (the package's weights are fp16).
             f32 = mx.float32
             mlx_dense = np.array(mx.dequantize(module.weight, module.scales.astype(f32), module.biases.astype(f32),
-                                               group_size=module.group_size, bits=module.bits))
+                                               group_size=module.group_size, bits=module.bits))[:rows]
             ulp = float(np.spacing(np.float16(np.abs(mlx_dense).max())))
             diff = np.abs(dense.reshape(mlx_dense.shape) - mlx_dense.astype(np.float64)).max()
             max_ulps = max(max_ulps, float(diff) / ulp)
@@ -117,23 +119,29 @@ def t3_numerics(interp: Interpreter, t3, manifest: dict, steps: int = DECODE_STE
     speaker = mx.array(rng.standard_normal((1, cfg.speaker_embed_size)).astype(np.float32))
     prompt = mx.array(rng.integers(0, 6561, (1, 20)).astype(np.int32))
     cond = t3.condition(speaker, prompt, 0.5)
+    use_cfg = manifest["t3"].get("cfg", True)  # GPT-2 (Turbo/Nano): one row, no CFG
     cache = t3.make_cache()
-    h, _ = t3(t3.prefill_embeddings(cond, mx.array(text), True), cache)
+    h, _ = t3(t3.prefill_embeddings(cond, mx.array(text), use_cfg), cache)
     ref = [np.array(t3.logits(h))]
     tokens = rng.integers(0, 6561, steps)
     for s, tok in enumerate(tokens):
-        h, _ = t3(t3.speech_embedding(mx.array([int(tok)]), s, 2), cache)
+        h, _ = t3(t3.speech_embedding(mx.array([int(tok)]), s, 2 if use_cfg else 1), cache)
         ref.append(np.array(t3.logits(h)))
     interp.reset_states()
     ids = np.zeros((1, T), np.int32)
     ids[0, :L] = text
-    got = [interp.run(prefill_name(T), cond=np.array(cond.astype(mx.float16)), text_ids=ids,
-                      text_len=np.array([L], np.int32))["logits"]]
-    start = cfg.cond_len + L + 2
+    C = manifest["t3"]["cond"]["length"]
+    rows = cond.shape[1]
+    cond16 = np.zeros((1, C, cond.shape[2]), np.float16)
+    cond16[:, :rows] = np.array(cond.astype(mx.float16))
+    extra = {} if use_cfg else {"cond_len": np.array([rows], np.int32)}
+    got = [interp.run(prefill_name(T), cond=cond16, text_ids=ids, text_len=np.array([L], np.int32), **extra)["logits"]]
+    start = rows + L + manifest["t3"].get("bos_tokens", 2)
     for s, tok in enumerate(tokens):
-        got.append(interp.run(FUNCTION_DECODE, token=np.array([tok], np.int32),
-                              position=np.array([start + s], np.int32),
-                              speech_position=np.array([s + 1], np.int32))["logits"])
+        inputs = {"token": np.array([tok], np.int32), "position": np.array([start + s], np.int32),
+                  "speech_position": np.array([s + 1], np.int32)}
+        names = manifest["t3"]["functions"][FUNCTION_DECODE]["inputs"]
+        got.append(interp.run(FUNCTION_DECODE, **{k: v for k, v in inputs.items() if k in names})["logits"])
     errors = [rel_err(g, r) for g, r in zip(got, ref)]
     return {"steps": steps, "prefill_rel_err": errors[0], "max_decode_rel_err": max(errors[1:]),
             "tolerance": MAX_REL_ERR, "ok": max(errors) <= MAX_REL_ERR}
@@ -143,16 +151,21 @@ def package_size(package: Path) -> int:
     return sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
 
 
-def t3_fp32_bytes(t3) -> int:
-    """Bytes the exported T3 weights (everything but cond_enc, baked per voice) take at fp32."""
+def t3_fp32_bytes(t3, context: int) -> int:
+    """Bytes the exported T3 weights (everything but cond_enc, baked per voice) take at fp32; GPT-2's
+    wpe counts its first `context` rows (all the package stores), LayerNorms and biases count too."""
     n = 0
     for path, m in t3.named_modules():
-        if path.startswith("cond_enc"):
+        if path.startswith("cond_enc") or path == "text_head":
             continue
         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
-            n += m.weight.shape[0] * m.weight.shape[1] * 32 // m.bits  # dense (O, I)
-        elif isinstance(m, (nn.Linear, nn.Embedding, nn.RMSNorm)):
-            n += m.weight.size
+            rows = min(m.weight.shape[0], context) if path == "tfmr.wpe" else m.weight.shape[0]
+            n += rows * m.weight.shape[1] * 32 // m.bits  # dense (O, I)
+        elif isinstance(m, (nn.Linear, nn.Embedding, nn.RMSNorm, nn.LayerNorm)):
+            n += m.weight[:context].size if path == "tfmr.wpe" else m.weight.size
+        else:
+            continue
+        n += m.bias.size if "bias" in m else 0
     return 4 * n
 
 
@@ -178,7 +191,7 @@ def verify(bundle, model_dir) -> dict:
             "codes": t3_codes,
             "numerics": t3_numerics(interp, t3, manifest),
             "weight_bytes": t3_bytes,
-            "weight_fraction_of_fp32": t3_bytes / t3_fp32_bytes(t3),
+            "weight_fraction_of_fp32": t3_bytes / t3_fp32_bytes(t3, manifest["t3"]["context"]),
         },
     }
     s = report["t3"]["structure"]

@@ -204,7 +204,8 @@ def _export_ios(args) -> None:
     # The export is one long call without steps to count: the bar shows that it runs and for how long.
     with progress.steps(progress.enabled(args.quiet), 1, "exporting") as bar:
         out = export_ios(model, out, target=args.target, context=args.context, text_slots=text_slots,
-                         force=args.force, chunk_frames=args.chunk_frames, vocoder_frames=args.vocoder_frames)
+                         force=args.force, chunk_frames=args.chunk_frames, vocoder_frames=args.vocoder_frames,
+                         cond_slot=args.cond_slot)
         bar.update()
     print(f"nightingale: iOS bundle written to {out}", file=sys.stderr)
 
@@ -300,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flow window in mel frames, 2 per token (default 156: 50 context + 25 new + 3 lookahead)")
     x.add_argument("--vocoder-frames", type=int, default=88,
                    help="HiFT window in mel frames (default 88: 24 context + 14 held back + 50 new)")
+    x.add_argument("--cond-slot", type=int, default=None,
+                   help="Turbo/Nano: T3 prefill conditioning rows (default 376: speaker + 375 prompt tokens)")
     x.add_argument("--force", action="store_true", help=force_help)
     x.set_defaults(func=_export_ios)
 

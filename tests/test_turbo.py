@@ -261,14 +261,6 @@ def test_turbo_warns_and_ignores_cfg_and_min_p(turbo, caplog):
     assert "no CFG or min-p" in caplog.text
 
 
-def test_turbo_export_ios_is_a_clear_error(turbo_dir, tmp_path):
-    pytest.importorskip("coremltools")
-    from ios_export.export import ExportError, export_ios
-
-    with pytest.raises(ExportError, match="Turbo/Nano: not implemented"):
-        export_ios(turbo_dir, tmp_path / "b.nightingale")
-
-
 def test_hub_downloads_only_turbo_files():
     from convert.hub import default_variant, variant_files
 
