@@ -331,6 +331,20 @@ def _decode_body(mb, g, t3, a, context):
     return g.logits(g.backbone(x, 1, cos, sin, attend))
 
 
+def _prefill_attend(mb, a, shape):
+    """Prefill attention hook: writes the chunk's K/V at the start of each cache; a causal mask."""
+    causal = np.tril(np.ones((shape[2], shape[2]), bool))
+
+    def attend(i, k, v):
+        for value, state in ((k, a[f"k_cache_{i}"]), (v, a[f"v_cache_{i}"])):
+            full = mb.slice_update(x=mb.read_state(input=state), update=value,
+                                   begin=np.zeros(4, np.int32), end=np.array(shape, np.int32))
+            mb.coreml_update_state(state=state, value=full)
+        return k, v, causal
+
+    return attend
+
+
 def _prefill_body(mb, g, t3, a, T):
     cfg = t3.cfg
     C = cfg.cond_len
@@ -353,16 +367,7 @@ def _prefill_body(mb, g, t3, a, T):
         seqs.append(mb.select(cond=is_bos, a=mb.tile(x=bos, reps=[P, 1]), b=seq))
     x = mb.stack(values=seqs, axis=0)  # (2, P, D)
     cos, sin = g.cos[:P], g.sin[:P]
-    causal = np.tril(np.ones((P, P), bool))
-
-    def attend(i, k, v):
-        for value, state in ((k, a[f"k_cache_{i}"]), (v, a[f"v_cache_{i}"])):
-            full = mb.slice_update(x=mb.read_state(input=state), update=value,
-                                   begin=np.zeros(4, np.int32), end=np.array([2, H, P, Dh], np.int32))
-            mb.coreml_update_state(state=state, value=full)
-        return k, v, causal
-
-    h = g.backbone(x, P, cos, sin, attend)
+    h = g.backbone(x, P, cos, sin, _prefill_attend(mb, a, (2, H, P, Dh)))
     last = mb.add(x=start, y=np.int32(1))  # the second BOS
     return g.logits(mb.gather(x=h, indices=last, axis=1))  # (2, 1, D)
 
@@ -389,16 +394,7 @@ def _gpt2_prefill_body(mb, g, t3, a, T, C):
     index = mb.select(cond=mb.less(x=rows, y=a["cond_len"]), a=rows, b=index)
     x = mb.add(x=mb.gather(x=table, indices=index, axis=0), y=g.positions(rows))  # (P, D)
     x = mb.expand_dims(x=x, axes=[0])  # (1, P, D)
-    causal = np.tril(np.ones((P, P), bool))
-
-    def attend(i, k, v):
-        for value, state in ((k, a[f"k_cache_{i}"]), (v, a[f"v_cache_{i}"])):
-            full = mb.slice_update(x=mb.read_state(input=state), update=value,
-                                   begin=np.zeros(4, np.int32), end=np.array([1, H, P, Dh], np.int32))
-            mb.coreml_update_state(state=state, value=full)
-        return k, v, causal
-
-    h = g.backbone(x, P, None, None, attend)
+    h = g.backbone(x, P, None, None, _prefill_attend(mb, a, (1, H, P, Dh)))
     last = mb.sub(x=bos_end, y=np.int32(1))  # the (last) BOS
     return g.logits(mb.gather(x=h, indices=last, axis=1))  # (1, 1, D)
 

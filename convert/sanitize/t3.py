@@ -50,9 +50,7 @@ def t3_dims(weights: Dict[str, np.ndarray], head_dim: int = 64) -> dict:
     if is_gpt2(weights):
         return gpt2_t3_dims(weights, shape, head_dim)
     hidden = shape("speech_head.weight")[1]
-    layers = 0
-    while f"tfmr.layers.{layers}.self_attn.q_proj.weight" in weights:
-        layers += 1
+    layers = _count_layers(weights, "tfmr.layers.{}.self_attn.q_proj.weight")
     if layers == 0 or hidden % head_dim:
         raise ConversionError(f"unexpected T3 backbone: {layers} layers, width {hidden}")
     kv_width = shape("tfmr.layers.0.self_attn.k_proj.weight")[0]
@@ -72,12 +70,18 @@ def t3_dims(weights: Dict[str, np.ndarray], head_dim: int = 64) -> dict:
     )
 
 
+def _count_layers(weights: Dict[str, np.ndarray], key: str) -> int:
+    """Consecutive blocks 0, 1, ... whose `key.format(i)` tensor exists."""
+    layers = 0
+    while key.format(layers) in weights:
+        layers += 1
+    return layers
+
+
 def gpt2_t3_dims(weights: Dict[str, np.ndarray], shape, head_dim: int) -> dict:
     """Turbo (GPT-2 medium) and Nano (GPT-2 small) alike: every size from the tensors."""
     hidden = shape("speech_head.weight")[1]
-    layers = 0
-    while f"tfmr.h.{layers}.attn.c_attn.weight" in weights:
-        layers += 1
+    layers = _count_layers(weights, "tfmr.h.{}.attn.c_attn.weight")
     if layers == 0 or hidden % head_dim:
         raise ConversionError(f"unexpected GPT-2 T3 backbone: {layers} layers, width {hidden}")
     inner = shape("tfmr.h.0.mlp.c_fc.weight")[1]
