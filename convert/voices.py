@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 
-from nightingale_mlx.config import TURBO_VARIANTS
 from nightingale_mlx.voice import Voice
 
 from .checkpoint import flatten_state, read_pt
@@ -47,4 +46,4 @@ def voices_step(checkpoint: Path, variant: str, recipe, config, out: Path, optio
     conds = Path(checkpoint) / "conds.pt"
     if not conds.is_file():
         raise ConversionError(f"{checkpoint}: no conds.pt (the built-in voice)")
-    convert_conds(conds, Path(out) / DEFAULT_VOICE, "turbo" if variant in TURBO_VARIANTS else "standard")
+    convert_conds(conds, Path(out) / DEFAULT_VOICE, config.voice_family)

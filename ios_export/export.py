@@ -86,7 +86,7 @@ def file_hashes(bundle: Path) -> dict:
             if p.is_file() and p.name != MANIFEST}
 
 
-def export_voices(t3, model_dir: Path, out: Path, cond_slot: int) -> list:
+def export_voices(t3, model_dir: Path, out: Path, cond_slot: int, config) -> list:
     """Bakes each voice's speaker + perceiver tokens (exaggeration-free) into the bundle; for GPT-2
     its speaker row + prompt-token embeddings (no emotion row), which must fit the prefill's cond slot."""
     from nightingale_mlx.voice import Voice, VoiceError
@@ -95,7 +95,7 @@ def export_voices(t3, model_dir: Path, out: Path, cond_slot: int) -> list:
     for path in sorted((model_dir / "voices").glob("*.safetensors")):
         voice = Voice.load(path)
         try:  # a standard voice's 150-token perceiver prompt is not a Turbo prompt, and the reverse
-            voice.check_family(*(("turbo", "Turbo/Nano") if t3.cfg.is_gpt2 else ("standard", "standard")))
+            voice.check_family(config.voice_family, config.variant)
         except VoiceError as e:
             raise ExportError(f"voice {path.stem}: {e}") from None
         cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.0)
@@ -254,7 +254,7 @@ def export_ios(model_dir, out, target: str = "gpu", context: int = DEFAULT_CONTE
         stage.mkdir()
         # Voices first: one too long for the cond slot fails before the packages are built.
         slot = default_cond_slot(t3.cfg) if cond_slot is None or not t3.cfg.is_gpt2 else cond_slot  # Llama's is fixed
-        voices = export_voices(t3, model_dir, stage, slot)
+        voices = export_voices(t3, model_dir, stage, slot, config)
         info = build_t3_package(t3, stage / T3_PACKAGE, context, text_slots, tmp, slot)
         if t3.cfg.emotion_adv:  # GPT-2 T3s have no exaggeration token
             emotion = t3.cond_enc.emotion_adv_fc.weight.reshape(-1).astype(mx.float16)

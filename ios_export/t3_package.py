@@ -239,10 +239,8 @@ def head_dim(cfg) -> int:
 
 
 def default_cond_slot(cfg) -> int:
-    """Conditioning rows a prefill holds: fixed for Llama; GPT-2's speaker row + up to 375 prompt tokens."""
-    from nightingale_mlx.voice import TURBO_PROMPT_TOKENS
-
-    return 1 + TURBO_PROMPT_TOKENS if cfg.is_gpt2 else cfg.cond_len
+    """Conditioning rows a prefill holds: fixed for Llama; GPT-2's speaker row + its longest prompt."""
+    return 1 + cfg.speech_cond_prompt_len if cfg.is_gpt2 else cfg.cond_len
 
 
 def n_bos(cfg) -> int:

@@ -30,6 +30,7 @@ T3_CHECKPOINT_FILES = {
 TURBO_VARIANTS = ("turbo", "nano")
 TURBO_TEXT_VOCAB = 50276  # GPT-2's 50257 + Chatterbox's added tokens ([laugh], [sigh], ...)
 TURBO_SPEECH_VOCAB = 6563  # 6561 codes + start + stop
+TURBO_PROMPT_TOKENS = 375  # T3's voice prompt: 15 s at 25 tokens/s (tts_turbo)
 S3GEN_SILENCE_TOKEN = 4299  # S3GEN_SIL: tts_turbo.generate appends three after T3's tokens
 TURBO_SILENCE_TOKENS = 3
 
@@ -178,6 +179,11 @@ class ModelConfig(BaseConfig):
     def is_turbo(self) -> bool:
         """Turbo and Nano: GPT-2 T3 sampling, meanflow S3Gen, 15 s loudness-normalised voices."""
         return self.variant in TURBO_VARIANTS
+
+    @property
+    def voice_family(self) -> str:
+        """Which voices this model takes (voice.VOICE_FAMILIES)."""
+        return "turbo" if self.is_turbo else "standard"
 
     def __post_init__(self):
         if isinstance(self.t3, dict):

@@ -95,17 +95,14 @@ def write_checkpoint(directory: Path, variant: str = "en") -> Path:
         spec["s3gen"] = meanflow_s3gen_spec(spec["s3gen"])
         files["s3gen"] = "s3gen_meanflow.safetensors"
         write_gpt2_tokenizer(directory)
-    elif variant != "en":  # the multilingual T3 differs only in its text vocabulary
-        spec["t3"] = [[k, [MTL_TEXT_VOCAB, shape[1]] if k in MTL_TEXT_TENSORS else shape, *rest]
-                      for k, shape, *rest in spec["t3"]]
-    for part, filename in files.items():
-        save_file(random_state_dict(spec[part], SEED), str(directory / filename))
-    if variant in GPT2_SIZES:
-        pass
     elif variant == "en":
         shutil.copy(DATA / "synthetic_tokenizer.json", directory / "tokenizer.json")
-    else:
+    else:  # the multilingual T3 differs only in its text vocabulary
+        spec["t3"] = [[k, [MTL_TEXT_VOCAB, shape[1]] if k in MTL_TEXT_TENSORS else shape, *rest]
+                      for k, shape, *rest in spec["t3"]]
         shutil.copy(DATA / "synthetic_mtl_tokenizer.json", directory / "grapheme_mtl_merged_expanded_v1.json")
+    for part, filename in files.items():
+        save_file(random_state_dict(spec[part], SEED), str(directory / filename))
         shutil.copy(DATA / "synthetic_mtl_cangjie.json", directory / "Cangjie5_TC.json")
     return directory
 
@@ -140,8 +137,8 @@ def synthetic_model(out: Path, variant: str = "en", quantize: str = "fp32") -> P
 
     convert_synthetic(out, variant, quantize, force=out.exists())
     config = load_config(out)
-    family = "turbo" if config.is_turbo else "standard"
     seconds = TURBO_VOICE_SECONDS if config.is_turbo else VOICE_SECONDS  # Turbo wants over 5 s
-    voice = prepare_voice(load_cloning(out, config.cloning), synthetic_voice_wav(seconds), VOICE_RATE, family)
+    voice = prepare_voice(load_cloning(out, config.cloning), synthetic_voice_wav(seconds), VOICE_RATE,
+                          config.voice_family)
     voice.save(out / DEFAULT_VOICE)
     return out

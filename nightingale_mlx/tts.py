@@ -115,8 +115,7 @@ class TTS:
 
     @property
     def voice_family(self) -> str:
-        """Which voices this model takes (voice.VOICE_FAMILIES)."""
-        return "turbo" if self.config.is_turbo else "standard"
+        return self.config.voice_family
 
     # --- voices -----------------------------------------------------------------------------
 

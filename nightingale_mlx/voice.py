@@ -23,8 +23,8 @@ import numpy as np
 from .audio.io import check_voice_audio, load_audio
 from .audio.mel import S3GEN_MEL, mel_spectrogram
 from .audio.resample import resample_sinc, resample_soxr
-from .config import (DEC_COND_SECONDS, ENC_COND_SECONDS, MIN_VOICE_SECONDS, S3_SR, S3GEN_SR, VE_MAX_SECONDS,
-                     CloningConfig)
+from .config import (DEC_COND_SECONDS, ENC_COND_SECONDS, MIN_VOICE_SECONDS, S3_SR, S3GEN_SR, TURBO_PROMPT_TOKENS,
+                     VE_MAX_SECONDS, CloningConfig)
 from .models.campplus import CAMPPlus
 from .models.s3tokenizer import S3TokenizerV2
 from .models.voice_encoder import VoiceEncoder
@@ -36,7 +36,6 @@ VOICE_FAMILIES = ("standard", "turbo")
 TURBO_LOUDNESS_LUFS = -27.0
 TURBO_MIN_VOICE_SECONDS = 5.0  # tts_turbo asserts the prompt is longer than 5 s
 TURBO_ENC_COND_SECONDS = 15
-TURBO_PROMPT_TOKENS = 375
 CLONING_FILE = "cloning.safetensors"
 T3_PROMPT_TOKENS = 150  # T3Config.speech_cond_prompt_len
 MEL_FRAMES_PER_TOKEN = 2  # S3Gen: 50 mel frames/s, 25 tokens/s
@@ -187,8 +186,8 @@ def prepare_voice(models: CloningModels, wav_or_path, sample_rate: int = None, f
         ref24 = normalize_loudness(ref24, S3GEN_SR)
     ref16 = resample_soxr(ref24, S3GEN_SR, S3_SR)
     gen = embed_ref(models, ref24[: DEC_COND_SECONDS * S3GEN_SR])
-    enc_seconds, prompt_len = (TURBO_ENC_COND_SECONDS, TURBO_PROMPT_TOKENS) if turbo else \
-        (ENC_COND_SECONDS, T3_PROMPT_TOKENS)
+    enc_seconds, prompt_len = ((TURBO_ENC_COND_SECONDS, TURBO_PROMPT_TOKENS) if turbo
+                               else (ENC_COND_SECONDS, T3_PROMPT_TOKENS))
     prompt_tokens = models.tokenizer(ref16[: enc_seconds * S3_SR], max_len=prompt_len)
     speaker_emb = models.ve.embed_wav(ref16[: VE_MAX_SECONDS * S3_SR])
     return Voice(speaker_emb=speaker_emb, prompt_tokens=prompt_tokens, family=family, **gen)

@@ -4,6 +4,8 @@ from typing import Dict
 
 import numpy as np
 
+from nightingale_mlx.config import TURBO_PROMPT_TOKENS
+
 from .common import ConversionError
 
 # Tensors the reference stores but never uses at inference; dropped on purpose.
@@ -101,7 +103,7 @@ def gpt2_t3_dims(weights: Dict[str, np.ndarray], shape, head_dim: int) -> dict:
         text_vocab_size=shape("text_emb.weight")[0],
         speech_vocab_size=shape("speech_emb.weight")[0],
         speaker_embed_size=shape("cond_enc.spkr_enc.weight")[1],
-        speech_cond_prompt_len=375,  # tts_turbo: 15 s of prompt at 25 tokens/s
+        speech_cond_prompt_len=TURBO_PROMPT_TOKENS,
         learned_input_pos=False,
         use_perceiver=False,
         emotion_adv=False,

@@ -14,12 +14,15 @@ Each patch changes sizes, file lookup or offline behaviour, never arithmetic:
   distribution the reference samples from and choose the token (teacher forcing, greedy, or
   inverse-CDF sampling from shared uniforms). The distribution itself is untouched.
 - output: `disable_watermark` makes Perth's watermark an identity (our port does not watermark).
+- recording: `recording_pipeline` wraps generate()'s T3, S3Gen and HiFT calls to record what
+  each received and returned (the calls themselves are unchanged), and restores them afterwards.
 - Turbo/Nano: 0.1.7 has no Nano; `add_nano_config` registers GPT-2 small (768 wide, 12 heads,
   12 layers, otherwise GPT2_medium's dict) as `GPT2_small`, and `use_turbo_t3` points
   `ChatterboxTurboTTS.from_local` at it and at `t3_nano_v1.safetensors`. Tiny sizes shrink both dicts.
   The meanflow noise `torch.randn(1, 80, 2N)` is injected like the CFM's (`install_meanflow_noise`).
 """
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -289,6 +292,42 @@ def install_cfm_noise(noise):
             return randn_like if name == "randn_like" else getattr(torch, name)
 
     fm.torch = _TorchProxy()
+
+
+@contextlib.contextmanager
+def recording_pipeline(tts, t3_method: str = "inference"):
+    """Yields a dict that fills in as generate() runs: T3's text ids and tokens (`t3_method`:
+    `inference`, or `inference_turbo`), S3Gen's tokens (and `n_cfm_timesteps` where generate()
+    passes it), the mel HiFT receives (1, T, 80)."""
+    import numpy as np
+
+    rec = {}
+    t3_inference, s3gen_inference, hift_inference = (getattr(tts.t3, t3_method), tts.s3gen.inference,
+                                                     tts.s3gen.hift_inference)
+
+    def t3_spy(*a, **kw):
+        rec["text_tokens"] = kw["text_tokens"][0].numpy().copy()
+        out = t3_inference(*a, **kw)
+        rec["tokens"] = out[0].numpy().copy()
+        return out
+
+    def s3gen_spy(*a, **kw):
+        rec["s3gen_tokens"] = kw["speech_tokens"].reshape(-1).numpy().copy()
+        if "n_cfm_timesteps" in kw:
+            rec["n_cfm_timesteps"] = np.array(kw["n_cfm_timesteps"])
+        return s3gen_inference(*a, **kw)
+
+    def hift_spy(speech_feat, *a, **kw):
+        rec["mel"] = speech_feat.float().numpy().transpose(0, 2, 1).copy()
+        return hift_inference(speech_feat, *a, **kw)
+
+    setattr(tts.t3, t3_method, t3_spy)
+    tts.s3gen.inference, tts.s3gen.hift_inference = s3gen_spy, hift_spy
+    try:
+        yield rec
+    finally:
+        setattr(tts.t3, t3_method, t3_inference)
+        tts.s3gen.inference, tts.s3gen.hift_inference = s3gen_inference, hift_inference
 
 
 def install_hift_randomness(phases, noise):

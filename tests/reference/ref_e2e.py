@@ -66,28 +66,11 @@ def main(argv=None):
     patches.install_hift_randomness(torch.from_numpy(inputs["phases"])[..., None],  # (1, 9, 1)
                                     torch.from_numpy(inputs["sine_noise"]).transpose(1, 2).contiguous())
 
-    rec = {}
-    t3_inference, s3gen_inference, hift_inference = tts.t3.inference, tts.s3gen.inference, tts.s3gen.hift_inference
-
-    def t3_spy(*a, **kw):
-        rec["text_tokens"] = kw["text_tokens"][0].numpy().copy()
-        out = t3_inference(*a, **kw)
-        rec["tokens"] = out[0].numpy().copy()
-        return out
-
-    def s3gen_spy(*a, **kw):
-        rec["s3gen_tokens"] = kw["speech_tokens"].reshape(-1).numpy().copy()
-        return s3gen_inference(*a, **kw)
-
-    def hift_spy(speech_feat, *a, **kw):
-        rec["mel"] = speech_feat.float().numpy().transpose(0, 2, 1).copy()  # (1, T, 80)
-        return hift_inference(speech_feat, *a, **kw)
-
-    tts.t3.inference, tts.s3gen.inference, tts.s3gen.hift_inference = t3_spy, s3gen_spy, hift_spy
     text, language = str(inputs["text"]), str(inputs["language"])
-    start = time.perf_counter()
-    wav = tts.generate(text) if variant == "en" else tts.generate(text, language_id=language)
-    seconds = time.perf_counter() - start
+    with patches.recording_pipeline(tts) as rec:
+        start = time.perf_counter()
+        wav = tts.generate(text) if variant == "en" else tts.generate(text, language_id=language)
+        seconds = time.perf_counter() - start
     np.savez(args.out, **rec, probs=np.stack(spy.probs), wav=wav[0].numpy(), seconds=np.float64(seconds))
 
 

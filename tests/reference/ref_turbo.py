@@ -68,29 +68,10 @@ def run_e2e(tts, inputs: dict) -> dict:
     patches.install_meanflow_noise(noise)
     patches.install_hift_randomness(torch.from_numpy(inputs["e2e/phases"])[..., None],  # (1, 9, 1)
                                     torch.from_numpy(inputs["e2e/sine_noise"]).transpose(1, 2).contiguous())
-    rec = {}
-    t3_inference, s3gen_inference, hift_inference = tts.t3.inference_turbo, tts.s3gen.inference, tts.s3gen.hift_inference
-
-    def t3_spy(*a, **kw):
-        rec["text_tokens"] = kw["text_tokens"][0].numpy().copy()
-        out = t3_inference(*a, **kw)
-        rec["tokens"] = out[0].numpy().copy()
-        return out
-
-    def s3gen_spy(*a, **kw):
-        rec["s3gen_tokens"] = kw["speech_tokens"].reshape(-1).numpy().copy()
-        rec["n_cfm_timesteps"] = np.array(kw["n_cfm_timesteps"])
-        return s3gen_inference(*a, **kw)
-
-    def hift_spy(speech_feat, *a, **kw):
-        rec["mel"] = speech_feat.float().numpy().transpose(0, 2, 1).copy()  # (1, T, 80)
-        return hift_inference(speech_feat, *a, **kw)
-
-    tts.t3.inference_turbo, tts.s3gen.inference, tts.s3gen.hift_inference = t3_spy, s3gen_spy, hift_spy
-    start = time.perf_counter()
-    wav = tts.generate(str(inputs["e2e/text"]))
-    rec["seconds"] = np.float64(time.perf_counter() - start)
-    tts.t3.inference_turbo, tts.s3gen.inference, tts.s3gen.hift_inference = t3_inference, s3gen_inference, hift_inference
+    with patches.recording_pipeline(tts, "inference_turbo") as rec:
+        start = time.perf_counter()
+        wav = tts.generate(str(inputs["e2e/text"]))
+        rec["seconds"] = np.float64(time.perf_counter() - start)
     return {**rec, "probs": np.stack(spy.probs), "wav": wav[0].numpy()}
 
 
