@@ -77,3 +77,35 @@ def test_turbo_cut_swaps_are_accepted_only_in_matching_pairs():
     assert boundary_swaps(ref, dropped, 2e-5)[:2] == (1, False)
     far = np.array([[0.5, 0.3, 0.0, 0.3]])  # a swap with a token of another probability
     assert boundary_swaps(ref, far, 2e-5)[:2] == (1, False)
+
+
+def _top_p_case(q0: float):
+    """One step, top_p 0.9: the reference dropped token 0 (its ascending mass was <= 0.1) and we
+    kept it; `q0` is token 0's mass in our distribution before top-p."""
+    pre = np.array([[q0, 0.2, 0.3, 0.5 - q0]])
+    ref = np.array([[0.0, 0.2, 0.3, 0.5 - q0]]) / (1 - q0)
+    return ref, pre.copy(), pre
+
+
+def test_top_p_boundary_flip_within_float_error_is_accepted():
+    ref, ours, pre = _top_p_case(0.1 + 1e-6)
+    check = t3_harness.processed_probs_check("p", ref, ours, 2e-5, min_p=0.05, top_p=0.9, pre_top_p=pre)
+    assert check["ok"] and check["top_p_boundary_flips"] == 1, check
+    assert check["max_abs_err"] < 1e-12  # compared renormalised over the tokens both kept
+    # Without our pre-top-p distribution the same flip cannot be judged, so it fails.
+    assert not t3_harness.processed_probs_check("p", ref, ours, 2e-5, min_p=0.05, top_p=0.9)["ok"]
+
+
+def test_top_p_flip_far_from_the_cut_fails():
+    ref, ours, pre = _top_p_case(0.05)
+    check = t3_harness.processed_probs_check("p", ref, ours, 2e-5, min_p=0.05, top_p=0.9, pre_top_p=pre)
+    assert not check["ok"] and check["support_flips"][0]["cause"] == "unexplained", check
+    assert np.isclose(check["support_flips"][0]["top_p_margin"], 0.05)
+
+
+def test_min_p_boundary_flip_is_accepted_and_renormalised():
+    # Token 0 sits on min_p * p_max (0.05 * 0.5) in our distribution; the reference dropped it.
+    ours = np.array([[0.025, 0.475, 0.5]])
+    ref = np.array([[0.0, 0.475, 0.5]]) / 0.975
+    check = t3_harness.processed_probs_check("p", ref, ours, 2e-5, min_p=0.05)
+    assert check["ok"] and check["min_p_boundary_flips"] == 1 and check["max_abs_err"] < 1e-12, check

@@ -42,7 +42,8 @@ def test_t3_matches_reference(converted, mode):
     # Greedy/sample follow the reference's tokens; each step where our own choice differs must be
     # a boundary case (t3_harness.token_choice_check).
     ours = t3_harness.run_ours(model_dir, inputs, alignment_analyzer=variant != "en", follow=ref["tokens"])
-    checks = t3_harness.compare(ref, ours, "tiny", f"t3.{variant}.{mode}", json.loads(str(inputs["params"]))["min_p"])
+    params = json.loads(str(inputs["params"]))
+    checks = t3_harness.compare(ref, ours, "tiny", f"t3.{variant}.{mode}", params["min_p"], top_p=params["top_p"])
     failed = [c for c in checks if not c["ok"]]
     assert not failed, json.dumps(failed)
     if mode == "greedy":

@@ -143,11 +143,8 @@ def compare(ref: dict, ours: dict, size: str, prefix: str, min_p: float = 0.05) 
 
     k = min(len(ref["probs"]), len(ours["probs"]))
     rp, op = ref["probs"][:k].astype(np.float64), ours["probs"][:k].astype(np.float64)
-    flips, on_boundary = t3_harness.min_p_boundary_flips(rp, op, min_p) if rp.shape == op.shape else (0, True)
-    mask = (rp > 0) == (op > 0)
-    check = t3_harness._err(f"{prefix}.processed_probs", np.where(mask, rp, 0), np.where(mask, op, 0), tol["probs"],
-                            steps=k, min_p_boundary_flips=flips)
-    check["ok"] = check["ok"] and on_boundary and k == PROBS_STEPS
+    check = t3_harness.processed_probs_check(f"{prefix}.processed_probs", rp, op, tol["probs"], min_p, steps=k)
+    check["ok"] = check["ok"] and k == PROBS_STEPS
     checks.append(check)
     checks.append(flow_harness._err(f"{prefix}.mel", ref["mel"], ours["mel"], tol["mel"],
                                     frames=int(ref["mel"].shape[1])))

@@ -69,7 +69,8 @@ def t3_checks(size: str, variant: str, seed: int, work: Path, write_fixtures: bo
                 "--inputs", work / "in64.npz", "--out", work / "ref64.npz")
         exact = dict(np.load(work / "ref64.npz"))
         ours = t3_harness.run_ours(model_dir, inputs, analyzer, follow=ref["tokens"])
-        checks += t3_harness.compare(ref, ours, size, f"t3.{variant}.{mode}", params["min_p"], exact=exact)
+        checks += t3_harness.compare(ref, ours, size, f"t3.{variant}.{mode}", params["min_p"], exact=exact,
+                                     top_p=params["top_p"])
         for k, v in ref.items():
             fixture[f"{mode}/ref/{k}"] = v[:FIXTURE_STEPS] if k in ("logits", "probs") else v
         for k, v in inputs.items():

@@ -5,12 +5,14 @@ the same checks with the same tolerances.
 """
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
 
 from nightingale_mlx.config import START_TEXT_TOKEN, STOP_TEXT_TOKEN
+from nightingale_mlx import sampling
 from nightingale_mlx.model_io import load_t3
 from nightingale_mlx.sampling import SamplingParams
 from .checks import error_check as _err
@@ -90,7 +92,8 @@ def run_ours(model_dir: Path, inputs: dict, alignment_analyzer: bool, follow=Non
         margins.append(margin)
         return mx.array([tok if follow is None else int(follow[step])])
 
-    tokens = list(model.inference(cond, text, params, sampler=sampler, alignment_analyzer=alignment_analyzer))
+    with recording_top_p() as pre_top_p:
+        tokens = list(model.inference(cond, text, params, sampler=sampler, alignment_analyzer=alignment_analyzer))
     if len(tokens) < params.max_new_tokens:
         tokens.append(model.cfg.stop_speech_token)  # the reference keeps EOS in its output
     logits = teacher_forced_logits(model, cond, text, tokens, params.cfg_weight > 0)
@@ -100,9 +103,29 @@ def run_ours(model_dir: Path, inputs: dict, alignment_analyzer: bool, follow=Non
         "probs": np.stack(probs),
         "tokens": np.array(tokens, dtype=np.int64),
     }
+    if pre_top_p:
+        out["pre_top_p"] = np.stack(pre_top_p)
     if follow is not None and mode != "teacher":
         out.update(own=np.array(own, dtype=np.int64), margin=np.array(margins), mode=np.array(mode))
     return out
+
+
+@contextmanager
+def recording_top_p():
+    """Records each step's distribution as our top-p filter receives it (top_p < 1 only): the
+    cumulative mass a top-p boundary flip is judged by (`support_flips`)."""
+    seen, original = [], sampling.apply_top_p
+
+    def recording(logits, top_p):
+        if top_p < 1.0:
+            seen.append(np.array(mx.softmax(logits.astype(mx.float32), axis=-1)[0]))
+        return original(logits, top_p)
+
+    sampling.apply_top_p = recording
+    try:
+        yield seen
+    finally:
+        sampling.apply_top_p = original
 
 
 def own_choice(mode: str, p: np.ndarray, u: float, other=None):
@@ -146,18 +169,59 @@ def min_p_boundary_flips(ref: np.ndarray, ours: np.ndarray, min_p: float, rel: f
     return len(details), all(d["ratio_off"] <= rel for d in details)
 
 
-def support_flips(ref: np.ndarray, ours: np.ndarray, min_p: float) -> list:
-    """Each (step, token) kept by one side only, with its margin: how far the kept side's
-    probability sits from the min-p threshold, absolute (`margin`, in probability) and relative
-    (`ratio_off` = |p / (min_p p_max) - 1|)."""
+def support_flips(ref: np.ndarray, ours: np.ndarray, min_p: float, top_p: float = 1.0, pre_top_p=None,
+                  tol: float = 0.0, rel: float = 1e-3) -> list:
+    """Each (step, token) kept by one side only, with its margins and cause.
+
+    min-p: how far the kept side's probability sits from the threshold, absolute (`margin`) and
+    relative (`ratio_off` = |p / (min_p p_max) - 1|); within `rel` it is a min-p boundary flip.
+    top-p (HF drops the ascending tail whose cumulative mass is <= 1 - top_p): the token's
+    ascending cumulative mass in our distribution before top-p (`pre_top_p`, recorded by
+    run_ours) against 1 - top_p. Each of the n tokens summed carries at most `tol` of error, so a
+    margin within n * tol is a top-p boundary flip. Anything else is unexplained.
+    """
     kept_ref, kept_ours = ref > 0, ours > 0
     out = []
     for step, tok in np.argwhere(kept_ref != kept_ours):
         side = ref[step] if kept_ref[step, tok] else ours[step]
         threshold = min_p * side.max()
-        out.append({"step": int(step), "token": int(tok), "kept_by": "reference" if kept_ref[step, tok] else "ours",
-                    "margin": float(abs(side[tok] - threshold)), "ratio_off": float(abs(side[tok] / threshold - 1))})
+        d = {"step": int(step), "token": int(tok), "kept_by": "reference" if kept_ref[step, tok] else "ours",
+             "margin": float(abs(side[tok] - threshold)), "ratio_off": float(abs(side[tok] / threshold - 1))
+             if threshold > 0 else float("inf")}
+        d["cause"] = "min_p boundary" if d["ratio_off"] <= rel else "unexplained"
+        if d["cause"] == "unexplained" and top_p < 1.0 and pre_top_p is not None and step < len(pre_top_p):
+            q = np.asarray(pre_top_p[step], np.float64)
+            order = np.argsort(q, kind="stable")  # ascending, as HF sorts
+            pos = int(np.flatnonzero(order == tok)[0])
+            ascending = q[order][: pos + 1]
+            d["top_p_margin"] = float(abs(ascending.sum() - (1.0 - top_p)))
+            d["top_p_bound"] = float(tol * np.count_nonzero(ascending))
+            if d["top_p_margin"] <= d["top_p_bound"]:
+                d["cause"] = "top_p boundary"
+        out.append(d)
     return out
+
+
+def processed_probs_check(name: str, ref: np.ndarray, ours: np.ndarray, tol: float, min_p: float,
+                          top_p: float = 1.0, pre_top_p=None, **extra) -> dict:
+    """Processed distributions per step. Where a token sits on a min-p or top-p boundary one side
+    may keep it and the other not (`support_flips`); that step's distributions are then compared
+    renormalised over the tokens both kept, since one flipped token rescales all the others."""
+    ref, ours = np.asarray(ref, np.float64), np.asarray(ours, np.float64)
+    if ref.shape != ours.shape:
+        return _err(name, ref, ours, tol, **extra)
+    both = (ref > 0) & (ours > 0)
+    flipped = ((ref > 0) != (ours > 0)).any(axis=-1)
+    r, o = np.where(both, ref, 0), np.where(both, ours, 0)
+    r[flipped] /= r[flipped].sum(axis=-1, keepdims=True)
+    o[flipped] /= o[flipped].sum(axis=-1, keepdims=True)
+    flips = support_flips(ref, ours, min_p, top_p, pre_top_p, tol)
+    check = _err(name, r, o, tol, min_p_boundary_flips=sum(d["cause"] == "min_p boundary" for d in flips),
+                 top_p_boundary_flips=sum(d["cause"] == "top_p boundary" for d in flips), **extra)
+    if flips:
+        check["support_flips"] = flips[:20]
+    check["ok"] = check["ok"] and all(d["cause"] != "unexplained" for d in flips)
+    return check
 
 
 def token_choice_check(ref: dict, ours: dict, size: str, prefix: str, flips_at: set) -> dict:
@@ -222,7 +286,8 @@ def exact_check(name: str, exact, ref, ours, ratio: float, floor_ulps: float = F
             "ok": r_ours <= ratio * r_ref or e_ours <= floor}
 
 
-def compare(ref: dict, ours: dict, size: str, prefix: str, min_p: float, exact: dict = None) -> list:
+def compare(ref: dict, ours: dict, size: str, prefix: str, min_p: float, exact: dict = None,
+            top_p: float = 1.0) -> list:
     """The checks of one scenario; each a dict with name, max_abs_err, max_rel_err, tolerance, ok.
 
     Fixtures keep only the first steps of logits and probs, so each is compared over the
@@ -235,15 +300,9 @@ def compare(ref: dict, ours: dict, size: str, prefix: str, min_p: float, exact: 
 
     k = len(ref["probs"])
     rp, op = ref["probs"].astype(np.float64), ours["probs"][:k].astype(np.float64)
-    flips, all_on_boundary = min_p_boundary_flips(rp, op, min_p) if rp.shape == op.shape else (0, True)
     flips_at = set(np.argwhere((rp > 0) != (op > 0))[:, 0].tolist()) if rp.shape == op.shape else set()
-    mask = (rp > 0) == (op > 0)  # values are compared where both sides agree on the support
-    check = _err(f"{prefix}.processed_probs", np.where(mask, rp, 0), np.where(mask, op, 0), tol["probs"],
-                 min_p_boundary_flips=flips)
-    if flips:
-        check["support_flips"] = support_flips(rp, op, min_p)[:20]  # each with its min-p margin
-    check["ok"] = check["ok"] and all_on_boundary
-    checks.append(check)
+    checks.append(processed_probs_check(f"{prefix}.processed_probs", rp, op, tol["probs"], min_p, top_p,
+                                        ours.get("pre_top_p")))
 
     if exact is not None:
         checks.append(exact_check(f"{prefix}.cond_emb_vs_float64", exact["cond_emb"], ref["cond_emb"],
