@@ -55,6 +55,11 @@ class Manifest:
             raise BatchLockedError(f"{self.dir}: another nightingale batch is writing this directory; "
                                    "wait for it or use another --out") from None
 
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the flock
+            self._lock = None
+
     def entries(self) -> Dict[str, dict]:
         """The last readable line of each id (a torn last line from a kill is ignored)."""
         out = {}

@@ -87,9 +87,9 @@ def task_for(item: Item, job: Job) -> dict:
 class Synthesizer:
     """One model per process, and the voices it resolved: task -> result (bytes or an error)."""
 
-    def __init__(self, model: dict):
+    def __init__(self, model: dict, tts=None):
         self.model = model
-        self.tts = None
+        self.tts = tts  # loaded on the first item that needs it
         self.voices: Dict[Optional[str], object] = {}
 
     def __call__(self, task: dict) -> dict:
@@ -157,6 +157,15 @@ def run(job: Job, executor=local_results, show: bool = False) -> dict:
     job.out_dir.mkdir(exist_ok=True)
     manifest = Manifest(job.out_dir)
     manifest.lock()
+    try:
+        return _run(job, executor, show, manifest, t0)
+    finally:
+        manifest.unlock()
+
+
+def _run(job, executor, show, manifest, t0) -> dict:
+    from ..progress import BatchProgress
+
     tasks = [task_for(item, job) for item in job.items]
     done = manifest.start({t["id"]: t["request"] for t in tasks})
     todo = [t for t in tasks if t["id"] not in done]
