@@ -194,5 +194,6 @@ def _run(job, executor, show, manifest, t0) -> dict:
 
 def report(summary: dict, out=sys.stderr) -> None:
     print(f"nightingale: batch: {summary['done']} done, {summary['skipped']} already done, {summary['failed']} failed "
-          f"of {summary['items']}; {summary['audio_s'] / 3600:.3f} h of audio in {summary['wall_s']:.0f} s; "
+          f"of {summary['items']}; {summary['audio_s'] / 3600:.2f} h ({summary['audio_s']:.0f} s) of audio in "
+          f"{summary['wall_s']:.0f} s; "
           f"manifest {summary['manifest']}", file=out)
