@@ -108,7 +108,7 @@ class BatchProgress:
         if self.bar is None:
             return
         elapsed = time.perf_counter() - self.start
-        text = f"{self.audio_s / 3600:.3f} h audio"
+        text = f"{self.audio_s / 3600:.3f} h audio ({tqdm.format_interval(self.audio_s)})"
         if self.audio_s > 0:
             text += f", RTF {elapsed / self.audio_s:.2f}"
         if self.chars_done:
