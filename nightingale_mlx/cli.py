@@ -170,7 +170,8 @@ def _batch(args) -> None:
     sampling = ("exaggeration", "temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p", "top_k",
                 "max_new_tokens")
     defaults = {k: getattr(args, k) for k in ("voice", "language", "seed", *sampling) if getattr(args, k) is not None}
-    model = {"model": args.model, "variant": args.variant, "quantize": _recipe(args), "profile": args.profile}
+    name = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # for Ray workers too
+    model = {"model": name, "variant": args.variant, "quantize": _recipe(args), "profile": args.profile}
     if args.model == "synthetic":  # built here once, not by several workers at the same time
         from .loader import resolve_model
 

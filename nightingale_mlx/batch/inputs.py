@@ -130,7 +130,8 @@ def read_chapters(path: Path) -> List[Item]:
     items = []
     for n, (title, text) in enumerate(chapters, 1 if chapters and chapters[0][0] is not None else 0):
         slug = re.sub(r"[^\w]+", "-", (title or "front").lower()).strip("-")[:40] or "chapter"
-        spoken = f"{title}.\n\n{text}" if title and text else (title or text)
+        heading = title if title and title[-1] in ".!?:;" else f"{title}."
+        spoken = f"{heading}\n\n{text}" if title and text else (title or text)
         items.append(Item(f"{n:03d}-{slug}", spoken))
     return items
 

@@ -69,11 +69,13 @@ def task_for(item: Item, job: Job) -> dict:
     import hashlib
 
     opts = {**job.defaults, **item.options}
-    seed = opts.get("seed")
+    seed, voice = opts.get("seed"), opts.get("voice")
+    if voice is not None and Path(voice).expanduser().exists():  # a file: by its absolute path (Ray workers' cwd)
+        voice = str(Path(voice).expanduser().resolve())
     request = {
         "text_sha256": hashlib.sha256(item.text.encode()).hexdigest(),
         "language": opts.get("language") or "en",
-        "voice": opts.get("voice"),
+        "voice": voice,
         "seed": default_seed(item.id) if seed is None else seed,
         "options": {k: opts[k] for k in SAMPLING_FIELDS if opts.get(k) is not None},
         "model": job.model,
