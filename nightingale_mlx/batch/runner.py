@@ -98,11 +98,11 @@ class Synthesizer:
         if task["error"]:
             return {"id": task["id"], "error": task["error"]}
         req = task["request"]
-        try:
-            if self.tts is None:
-                from ..loader import load
+        if self.tts is None:  # a model that cannot load ends the job (one line), not every item
+            from ..loader import load
 
-                self.tts = load(**self.model)
+            self.tts = load(**self.model)
+        try:
             voice = self._voice(req["voice"])
             options = dict(req["options"])
             sampling = {k: options[k] for k in SAMPLING_FIELDS[1:-1] if k in options}
