@@ -202,3 +202,11 @@ def test_ray_run_equals_the_local_run(tmp_path, cache, uninterrupted, monkeypatc
     assert r.returncode == 0, r.stderr[-2000:]
     diff = compare(ref, tmp_path / "ray", IDS)
     assert not any(diff.values()), diff
+
+
+def test_a_model_that_cannot_load_ends_the_job(tmp_path):
+    items = read_items(_jsonl(tmp_path / "i.jsonl", [{"id": "a", "text": "Hello."}, {"id": "b", "text": "Hi."}]))
+    job = Job(items, tmp_path / "out", model={"model": str(tmp_path / "no-model")})
+    with pytest.raises(Exception, match="no-model"):
+        run(job)
+    assert not (tmp_path / "out" / "manifest.jsonl").read_text()  # nothing recorded as done or failed
