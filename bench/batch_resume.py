@@ -48,15 +48,19 @@ def manifest_lines(out: Path) -> int:
 
 
 def run_with_kills(items: Path, out: Path, kills: int, rng: random.Random, extra=(), max_wait_s: float = 3.0) -> list:
-    """Starts the job KILLS times, each killed (SIGKILL) at a random moment after it made progress;
-    then runs it to the end. Returns when each kill landed (manifest lines at the time)."""
+    """Starts the job KILLS times and kills each start (SIGKILL) at a random point: after a random
+    number of finished items (spread over the whole job), plus a random delay that lands anywhere
+    in an item, a rename or a manifest write. Then runs it to the end. Returns the manifest's line
+    count at each kill."""
+    n = sum(1 for line in items.read_text().splitlines() if line.strip())
+    targets = sorted(rng.sample(range(1, n), min(kills, n - 1)))
     landed = []
-    for _ in range(kills):
-        before = manifest_lines(out)
+    for target in targets:
         proc = subprocess.Popen(command(items, out, extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while proc.poll() is None and manifest_lines(out) <= before:  # wait for one finished item
+        start = manifest_lines(out)
+        while proc.poll() is None and manifest_lines(out) < max(target, start + 1):  # progress first
             time.sleep(0.02)
-        time.sleep(rng.uniform(0, max_wait_s))  # then anywhere: in an item, a rename, a manifest write
+        time.sleep(rng.uniform(0, max_wait_s))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -107,7 +111,7 @@ def main(argv=None) -> None:
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--seed", type=int, default=0, help="seeds the kill times")
     p.add_argument("--ray", action="store_true", help="also run the job on local Ray (2 workers) and compare")
-    p.add_argument("--dir", default=None, help="work dir (default: a temp dir)")
+    p.add_argument("--dir", default=None, help="work dir (default: a temp dir); an existing ref/ there is resumed")
     args = p.parse_args(argv)
     import tempfile
 
@@ -121,10 +125,10 @@ def main(argv=None) -> None:
     subprocess.run(command(items, work / "ref"), check=True)
     ref_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    landed = run_with_kills(items, work / "killed", args.kills, random.Random(args.seed))
+    landed = run_with_kills(items, work / f"killed-{args.seed}", args.kills, random.Random(args.seed))
     report = {"items": args.items, "kills": args.kills, "manifest_lines_at_kills": landed,
               "uninterrupted_s": round(ref_s, 1), "killed_and_rerun_s": round(time.perf_counter() - t0, 1),
-              "killed_vs_uninterrupted": compare(work / "ref", work / "killed", ids)}
+              "killed_vs_uninterrupted": compare(work / "ref", work / f"killed-{args.seed}", ids)}
     if args.ray:
         t0 = time.perf_counter()
         subprocess.run(command(items, work / "ray", ["--ray", "--workers", "2"]), check=True)

@@ -188,7 +188,7 @@ def uninterrupted(tmp_path_factory, cache, tts):
 def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path, cache, uninterrupted, monkeypatch):
     monkeypatch.setenv("NIGHTINGALE_CACHE", str(cache))
     items, ref = uninterrupted
-    landed = run_with_kills(items, tmp_path / "killed", 1, random.Random(0), max_wait_s=1.0)
+    landed = run_with_kills(items, tmp_path / "killed", 1, random.Random(0), max_wait_s=0.3)
     assert landed[0] < len(IDS)  # the kill landed before the end
     diff = compare(ref, tmp_path / "killed", IDS)
     assert not any(diff.values()), diff
