@@ -11,7 +11,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import soundfile
 
 from bench.batch_resume import command, compare, make_items, run_with_kills
 from nightingale_mlx.batch import InputError, piece_seed, plan_pieces, read_items

@@ -153,8 +153,6 @@ def entry_for(task: dict, result: dict, out_dir: Path) -> dict:
 
 def run(job: Job, executor=local_results, show: bool = False) -> dict:
     """Runs JOB; returns the summary. Items already done (manifest + file) are skipped."""
-    from ..progress import BatchProgress
-
     t0 = time.perf_counter()
     job.out_dir.mkdir(exist_ok=True)
     manifest = Manifest(job.out_dir)
@@ -165,7 +163,7 @@ def run(job: Job, executor=local_results, show: bool = False) -> dict:
         manifest.unlock()
 
 
-def _run(job, executor, show, manifest, t0) -> dict:
+def _run(job: Job, executor, show: bool, manifest: Manifest, t0: float) -> dict:
     from ..progress import BatchProgress
 
     tasks = [task_for(item, job) for item in job.items]
