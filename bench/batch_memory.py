@@ -79,12 +79,11 @@ def main(argv=None) -> None:
     def measured(job, tasks):
         for result in local_results(job, tasks):
             yield result
-            rss.append(rss_mb())  # after the driver wrote the previous item
+            rss.append(rss_mb())  # the driver asks for the next result once it has written this one
 
     job = Job(items, work / "out", "wav", {"model": args.model}, {"max_new_tokens": args.max_new_tokens})
     summary = run(job, measured)
-    rss.append(rss_mb())
-    points = rss[1:]  # rss[i] follows item i (the first entry precedes the first write)
+    points = rss  # points[i]: after item i was written (the model still loaded)
     x = np.arange(len(points))[args.warmup:]
     slope = float(np.polyfit(x, np.array(points)[args.warmup:], 1)[0]) if len(x) > 1 else float("nan")
     files = sorted(p.name for p in job.out_dir.glob("*.wav"))
