@@ -150,6 +150,49 @@ def _speak_stream(args, text, out, tts, sampling, show) -> None:
               f"{first:.2f} s)", file=sys.stderr)
 
 
+def _batch(args) -> None:
+    """Many items (JSONL, or a book's chapters) -> DIR/<id>.<format> and DIR/manifest.jsonl; resumable."""
+    from .batch import read_items
+    from .batch.runner import BatchError, Job, check_format, local_results, report, run
+
+    items = read_items(args.input)  # before the work, as every input and output check
+    check_format(args.format)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a directory (it is created, or resumed if it exists)")
+    if not out.exists():
+        check_output_dir(out, force=False)
+    executor = local_results
+    if args.ray is not None:
+        from .batch import ray_backend
+
+        executor = ray_backend.executor(args.ray, args.workers)
+    sampling = ("exaggeration", "temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p", "top_k",
+                "max_new_tokens")
+    defaults = {k: getattr(args, k) for k in ("voice", "language", "seed", *sampling) if getattr(args, k) is not None}
+    name = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # for Ray workers too
+    model = {"model": name, "variant": args.variant, "quantize": _recipe(args), "profile": args.profile}
+    if args.model == "synthetic":  # built here once, not by several workers at the same time
+        from .loader import resolve_model
+
+        resolve_model(args.model, args.variant, model["quantize"])
+    job = Job(items, out, args.format, model, defaults)
+    try:
+        summary = run(job, executor, show=progress.enabled(args.quiet or args.json))
+    except KeyboardInterrupt:
+        print(f"nightingale: interrupted; finished items are kept in {out}; run the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        report(summary)
+    if summary["failed"]:
+        shown = ", ".join(summary["failed_ids"][:5]) + (", ..." if summary["failed"] > 5 else "")
+        raise BatchError(f"{summary['failed']} of {summary['items']} items failed ({shown}); their errors are in "
+                         f"{summary['manifest']}")
+
+
 def _voice(args) -> None:
     out = check_output_file(args.out, VOICE_FORMATS, args.force)
     tts = _load(args)
@@ -268,6 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, help="speech tokens per sentence (25 per second)")
     s.add_argument("--json", action="store_true", help="print timings and RTF as JSON")
     s.set_defaults(func=_speak)
+
+    b = sub.add_parser("batch", help="many texts to audio files: a JSONL dataset or a book's chapters, resumable",
+                       parents=[common])
+    b.add_argument("input", help=".jsonl (one item a line: id, text, optional voice, language, seed, sampling fields) "
+                                 "or .txt/.md (one output per chapter, split at headings)")
+    b.add_argument("--out", required=True, help="output dir (created; an existing one is resumed)")
+    b.add_argument("--format", default="wav", choices=["wav", "flac", "mp3"], help="16-bit wav/flac, or mp3 (needs PyAV)")
+    _model_args(b)
+    b.add_argument("--profile", choices=["upstream", "compat-0.1.7"], help="behaviour profile")
+    b.add_argument("-l", "--language", help="language of items that name none (default en)")
+    b.add_argument("--voice", help="voice of items that name none: a reference wav, a baked .safetensors, or a name")
+    b.add_argument("--seed", type=int, help="seed of items that name none (default: one derived from each item's id)")
+    for name in ("exaggeration", "temperature", "cfg-weight", "repetition-penalty", "min-p", "top-p"):
+        b.add_argument(f"--{name}", type=float)
+    b.add_argument("--top-k", type=int)
+    b.add_argument("--max-new-tokens", type=int, help="speech tokens per piece (25 per second)")
+    b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray (needs [ray]): a new local instance, or the cluster at ADDRESS (host:6379, auto)")
+    b.add_argument("--workers", type=int, default=2, help="with --ray: Ray actors, one model each (default 2)")
+    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+    b.set_defaults(func=_batch)
 
     v = sub.add_parser("voice", help="clone a voice once and save it for reuse", parents=[common])
     v.add_argument("reference", help="reference recording (any format soundfile reads)")

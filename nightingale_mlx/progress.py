@@ -76,3 +76,46 @@ def steps(show: bool, total: int, what: str):
     """A bar over TOTAL named steps (convert, export-ios): `update(name)` after each step."""
     return tqdm(total=total, file=sys.stderr, disable=not show, leave=False, unit="step", **_shape(),
                 bar_format="nightingale: " + what + " [{n_fmt}/{total_fmt}] {elapsed}{postfix}")
+
+
+class BatchProgress:
+    """`batch [i/n] items, hours of audio done, RTF, ETA` for nightingale batch.
+
+    RTF = wall time / audio made in this run; the ETA scales the time so far by the characters
+    still to speak (chapters differ in length far more than in speaking rate).
+    """
+
+    def __init__(self, show: bool, total: int, skipped: int, chars: int):
+        self.bar = None if not show else tqdm(
+            total=total, initial=skipped, file=sys.stderr, leave=False, **_shape(),
+            bar_format="nightingale: batch [{n_fmt}/{total_fmt}] items {bar} {elapsed}{postfix}")
+        self.start, self.chars_total, self.chars_done, self.audio_s = time.perf_counter(), chars, 0, 0.0
+        self._postfix()
+
+    def item(self, chars: int, audio_s: float) -> None:
+        self.chars_done += chars
+        self.audio_s += audio_s
+        if self.bar is not None:
+            self.bar.update()
+            self._postfix()
+
+    def note(self, message: str) -> None:
+        """A line above the bar (a failed item)."""
+        if self.bar is not None:
+            self.bar.write(f"nightingale: {message}", file=sys.stderr)
+
+    def _postfix(self) -> None:
+        if self.bar is None:
+            return
+        elapsed = time.perf_counter() - self.start
+        text = f"{self.audio_s / 3600:.3f} h audio ({tqdm.format_interval(self.audio_s)})"
+        if self.audio_s > 0:
+            text += f", RTF {elapsed / self.audio_s:.2f}"
+        if self.chars_done:
+            left = elapsed * (self.chars_total - self.chars_done) / self.chars_done
+            text += f", ETA {tqdm.format_interval(left)}"
+        self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
