@@ -24,6 +24,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .audio.stft import hann_window, istft, stft
+from .models.cpu_kernels import on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,34 @@ def _layers(i: int, o: int) -> list:
 
 
 def _run(layers, x):
+    """A conv stack over (1, T, C). On MLX's CPU backend the convs are numpy matmuls (numpy's own
+    BLAS: MLX's CPU convs go through the system BLAS, ~8x slower without OpenBLAS, measured)."""
+    if not on_cpu():
+        for layer in layers:
+            x = layer(x)
+        return x
+    h = np.array(x[0], dtype=np.float32)
     for layer in layers:
-        x = layer(x)
-    return x
+        w, b = _numpy_conv(layer.conv)
+        k = w.shape[0] // h.shape[1]
+        if k > 1:
+            p = (k - 1) // 2
+            padded = np.pad(h, ((p, p), (0, 0)))
+            h = np.concatenate([padded[i : i + len(h)] for i in range(k)], axis=1)
+        h = h @ w + b
+        if layer.act:
+            h = np.where(h > 0, h, np.float32(0.01) * h)
+    return mx.array(h)[None]
+
+
+def _numpy_conv(conv: nn.Conv1d):
+    """The layer's weight as a (K * I, O) matrix for an im2col product, and its bias (cached)."""
+    cached = getattr(conv, "_numpy", None)
+    if cached is None or cached[2] is not conv.weight:
+        w = np.array(conv.weight, dtype=np.float32)  # (O, K, I)
+        cached = (np.ascontiguousarray(w.reshape(w.shape[0], -1).T), np.array(conv.bias, np.float32), conv.weight)
+        object.__setattr__(conv, "_numpy", cached)
+    return cached[0], cached[1]
 
 
 class _Encoder(nn.Module):
@@ -265,7 +291,7 @@ def weights_from_checkpoint(path) -> dict:
     return out
 
 
-def _build(weights: dict, source) -> PerthNet:
+def build(weights: dict, source) -> PerthNet:
     from .model_io import ModelDirError, _load_strict
 
     net = PerthNet()
@@ -284,18 +310,30 @@ def save_weights(weights: dict, path: Path) -> None:
                         metadata={**FORMAT_METADATA, "source": "resemble-perth 1.0.1 perth_net_250000"})
 
 
-def load(model_dir: Optional[Path] = None) -> Optional[Watermarker]:
-    """The model dir's converted weights, else the installed resemble-perth's checkpoint, else None."""
-    if model_dir is not None and (Path(model_dir) / WATERMARK_FILE).is_file():
+def load_from(path) -> Watermarker:
+    """An explicit source: a model dir, a converted watermark.safetensors or a perth_net .pth.tar."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / WATERMARK_FILE).is_file():
+            raise WatermarkError(f"{path}: no {WATERMARK_FILE}; convert the model with resemble-perth installed")
+        path = path / WATERMARK_FILE
+    if path.suffix == ".safetensors":
         from .model_io import load_weights
 
         net = PerthNet()
-        load_weights(net, Path(model_dir) / WATERMARK_FILE)
+        load_weights(net, path)
         return Watermarker(net)
+    return Watermarker(build(weights_from_checkpoint(path), path))
+
+
+def load(model_dir: Optional[Path] = None) -> Optional[Watermarker]:
+    """The model dir's converted weights, else the installed resemble-perth's checkpoint, else None."""
+    if model_dir is not None and (Path(model_dir) / WATERMARK_FILE).is_file():
+        return load_from(model_dir)
     source = installed_checkpoint()
     if source is None:
         return None
-    return Watermarker(_build(weights_from_checkpoint(source), source))
+    return Watermarker(build(weights_from_checkpoint(source), source))
 
 
 MISSING_WARNING = ("no Perth watermark weights (not in the model dir, resemble-perth not installed): this output "
