@@ -308,9 +308,11 @@ class TTS:
         sentences = split_text(text, language)
         if not sentences:
             raise ValueError("text is empty; give some words to speak")
+        with self.running():  # loads the watermark weights on first use, on the model's stream
+            finisher = self.finisher(watermark)
         return _SerializedIterator(self, stream_speech(self, sentences, language, voice, exaggeration, params, seed,
                                                        first_chunk_tokens, chunk_tokens, max_new_tokens, stream_config,
-                                                       self.finisher(watermark)))
+                                                       finisher))
 
 
 _WARNED = set()

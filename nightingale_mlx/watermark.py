@@ -142,6 +142,7 @@ class Watermarker:
     def __init__(self, net: PerthNet):
         self.net = net
         self.window = hann_window(N_FFT)
+        mx.eval(self.window, net.parameters())  # usable from any thread's stream (TTS.running)
 
     # --- shared front end -------------------------------------------------------------------
 

@@ -56,7 +56,10 @@ def quantize(x: np.ndarray) -> np.ndarray:
 def espeak(voice: str, text: str) -> np.ndarray:
     import soundfile as sf
 
-    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+    try:
+        wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+    except FileNotFoundError:
+        sys.exit("watermark_harness: needs espeak-ng for real speech (apt-get install espeak-ng)")
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return quantize(resample_soxr(samples, rate, SR))
 
