@@ -14,7 +14,6 @@ import soundfile as sf
 
 from nightingale_mlx import watermark as wm
 from nightingale_mlx.streaming import boundary_hf_ratio
-from tests.test_tts import run_cli
 
 SR = 24000
 TEXT = "Hello world, this is a watermark test."
@@ -125,23 +124,36 @@ def test_conversion_writes_the_weights_and_refuses_other_files(tts, tmp_path, ma
         wm.load_from(tmp_path)
 
 
-def test_cli_detect_and_no_watermark(cache, tmp_path, tts, golden):
+def test_cli_detect_and_no_watermark(cache, tmp_path, tts, golden, monkeypatch, capsys):
+    from nightingale_mlx.cli import main
+
+    monkeypatch.setenv("NIGHTINGALE_CACHE", str(cache))
+
+    def cli(*argv):  # in-process, as tests/test_first_run.py
+        try:
+            main([str(a) for a in argv])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
     clean, ref_marked = next(iter(golden.values()))[:2]
     sf.write(tmp_path / "ref.wav", ref_marked, SR)
     sf.write(tmp_path / "clean.flac", clean, SR)
-    found = run_cli(["watermark", "detect", str(tmp_path / "ref.wav"), "--json"], cache)
-    assert found.returncode == 0, found.stderr
-    result = json.loads(found.stdout)
+    code, out, err = cli("watermark", "detect", tmp_path / "ref.wav", "--json")
+    assert code == 0, err
+    result = json.loads(out)
     assert result["watermarked"] is True and result["score"] >= 0.5 and result["threshold"] == 0.5
-    none = run_cli(["watermark", "detect", str(tmp_path / "clean.flac")], cache)
-    assert none.returncode == 0 and "no watermark" in none.stdout
-    missing = run_cli(["watermark", "detect", str(tmp_path / "nope.wav")], cache)
-    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "no such audio file" in missing.stderr
-    out = tmp_path / "plain.wav"
-    run = run_cli(["speak", TEXT, "--model", "synthetic", "--seed", "2", "--max-new-tokens", "8", "--no-watermark",
-                   "-o", str(out)], cache)
-    assert run.returncode == 0, run.stderr
-    assert "no watermark" in run_cli(["watermark", "detect", str(out)], cache).stdout
+    code, out, _ = cli("watermark", "detect", tmp_path / "clean.flac")
+    assert code == 0 and "no watermark" in out
+    code, _, err = cli("watermark", "detect", tmp_path / "nope.wav")
+    assert code == 1 and err.count("\n") == 1 and "no such audio file" in err
+    plain = tmp_path / "plain.wav"
+    code, _, err = cli("speak", TEXT, "--model", "synthetic", "--seed", "2", "--max-new-tokens", "8", "--no-watermark",
+                       "-o", plain)
+    assert code == 0, err
+    assert "no watermark" in cli("watermark", "detect", plain)[1]
 
 
 @pytest.mark.reference
