@@ -4,7 +4,7 @@
 
 Per model (a converted dir, e.g. one per recipe), each workload in a fresh process: T3 prefill and
 decode tokens/s with and without CFG, S3Gen time and RTF for N tokens, end-to-end time, streaming
-time to first audio, peak RSS.
+time to first audio, the Perth watermark's share of both, peak RSS.
 Warm-up, repeats and medians are in bench.worker.
 """
 
@@ -22,9 +22,12 @@ def measure(model: str, tokens: int, repeats: int) -> dict:
         r = run_worker("bench.worker", [model, "--workload", workload, "--tokens", tokens, "--cfg", cfg,
                                         "--repeats", repeats])
         name = workload if workload != "t3" else ("t3_cfg" if cfg else "t3_no_cfg")
-        out[name] = {k: r[k] for k in ("prefill_s", "decode_tok_s", "s3gen_s", "total_s", "ttfa_s", "peak_rss_mb") if k in r}
+        out[name] = {k: r[k] for k in ("prefill_s", "decode_tok_s", "s3gen_s", "total_s", "ttfa_s", "watermark_s",
+                                                       "peak_rss_mb") if k in r}
         if "s3gen_s" in r:
             out[name]["rtf"] = r["s3gen_s" if workload == "s3gen" else "total_s"] / r["audio_s"]
+        if "watermark_s" in r:  # the finishing step's share of end-to-end time
+            out[name]["watermark_share"] = r["watermark_s"] / r["total_s"]
         out["recipe"] = r["recipe"]
     return out
 

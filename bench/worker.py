@@ -4,8 +4,9 @@
 
 Every workload produces exactly N valid speech tokens (EOS and ids >= 6561 are masked), so both
 implementations do the same work. `stream` is e2e through the streamer (TTS.stream's defaults:
-first chunk after 12 tokens, then every 25) and reports the time to first audio. Peak memory is
-this process's peak RSS.
+first chunk after 12 tokens, then every 25) and reports the time to first audio. `e2e` and
+`stream` end with the Perth watermark (TTS's finishing step, on by default; `watermark_s` is its
+share, None when no weights are found). Peak memory is this process's peak RSS.
 """
 
 import argparse
@@ -16,11 +17,14 @@ import mlx.core as mx
 import numpy as np
 
 from bench.common import peak_rss_mb
+from nightingale_mlx import watermark
 from nightingale_mlx.config import SPEECH_VOCAB_SIZE
+from nightingale_mlx.models.s3gen import S3GEN_SR
 from nightingale_mlx.model_io import load_config, load_s3gen, load_t3
 from nightingale_mlx.sampling import SamplingParams
 from nightingale_mlx.streaming import stream_tokens
 from nightingale_mlx.voice import Voice
+from nightingale_mlx.watermark import WatermarkStream
 
 TEXT_LEN = 60
 
@@ -48,24 +52,34 @@ def t3_tokens(t3, voice, tokens: int, cfg: float, seed: int, stamps: list):
         yield tok
 
 
-def run_once(workload: str, t3, s3gen, voice, tokens: int, cfg: float, seed: int) -> dict:
+def run_once(workload: str, t3, s3gen, voice, tokens: int, cfg: float, seed: int, marker=None) -> dict:
     stamps = []
+    finish = WatermarkStream(marker, S3GEN_SR)
     t0 = time.perf_counter()
     if workload == "stream":
-        ttfa = None
-        for _, _, _, audio_ready in stream_tokens(s3gen, t3_tokens(t3, voice, tokens, cfg, seed, stamps), voice,
+        ttfa, wm_s = None, 0.0
+        for samples, final, _, _ in stream_tokens(s3gen, t3_tokens(t3, voice, tokens, cfg, seed, stamps), voice,
                                                   key=mx.random.key(seed), clock_start=t0):
-            ttfa = audio_ready if ttfa is None else ttfa
-        return {"total_s": time.perf_counter() - t0, "audio_s": tokens * 0.04, "ttfa_s": ttfa}
+            t = time.perf_counter()
+            out = finish.push(samples, last=final)
+            wm_s += time.perf_counter() - t
+            ttfa = time.perf_counter() - t0 if ttfa is None and len(out) else ttfa
+        return {"total_s": time.perf_counter() - t0, "audio_s": tokens * 0.04, "ttfa_s": ttfa,
+                "watermark_s": wm_s if marker else None}
     if workload in ("t3", "e2e"):
         speech = list(t3_tokens(t3, voice, tokens, cfg, seed, stamps))
     else:
         speech = np.random.default_rng(seed).integers(0, 6561, tokens).tolist()
     t1 = time.perf_counter()
     if workload in ("s3gen", "e2e"):
-        mx.eval(s3gen.inference(speech, voice, key=mx.random.key(seed)))
+        wav = s3gen.inference(speech, voice, key=mx.random.key(seed))
+        mx.eval(wav)
     t2 = time.perf_counter()
     result = {"total_s": t2 - t0, "audio_s": tokens * 0.04}
+    if workload == "e2e":
+        finish.push(np.array(wav), last=True)
+        t3_ = time.perf_counter()
+        result.update(total_s=t3_ - t0, watermark_s=t3_ - t2 if marker else None)
     if stamps:
         result.update(prefill_s=stamps[0] - t0, decode_tok_s=(len(stamps) - 1) / (stamps[-1] - stamps[0]))
     if workload != "t3":
@@ -85,9 +99,11 @@ def main():
     t3 = load_t3(args.model, config)[0] if args.workload != "s3gen" else None
     s3gen = load_s3gen(args.model, config) if args.workload != "t3" else None
     voice = Voice.load(f"{args.model}/voices/default.safetensors")
-    run_once(args.workload, t3, s3gen, voice, 8, args.cfg, seed=99)  # warm-up
-    runs = [run_once(args.workload, t3, s3gen, voice, args.tokens, args.cfg, seed=i) for i in range(args.repeats)]
-    summary = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    marker = watermark.load(args.model) if args.workload in ("e2e", "stream") else None
+    run_once(args.workload, t3, s3gen, voice, 8, args.cfg, seed=99, marker=marker)  # warm-up
+    runs = [run_once(args.workload, t3, s3gen, voice, args.tokens, args.cfg, seed=i, marker=marker)
+            for i in range(args.repeats)]
+    summary = {k: float(np.median([r[k] for r in runs])) for k in runs[0] if runs[0][k] is not None}
     print(json.dumps({"impl": "nightingale_mlx", "workload": args.workload, "recipe": config.quantization["recipe"],
                       "tokens": args.tokens, "cfg_weight": args.cfg, **summary, "runs": runs,
                       "peak_rss_mb": peak_rss_mb(), "device": str(mx.default_device())}))

@@ -21,6 +21,7 @@ from .cloning import cloning_step
 from .s3gen import s3gen_step
 from .text import text_step
 from .voices import voices_step
+from .watermark import watermark_step
 
 # Preference when a dir holds several variants (the HF repo holds all three): newest first. Turbo
 # and Nano have repos of their own, so a dir with their T3 is theirs.
@@ -72,7 +73,8 @@ def t3_step(checkpoint: Path, variant: str, recipe: quant.Recipe, config: ModelC
 
 
 # Each step converts one component of the checkpoint into the staging dir and fills its config section.
-STEPS = {"t3": t3_step, "s3gen": s3gen_step, "cloning": cloning_step, "voices": voices_step, "text": text_step}
+STEPS = {"t3": t3_step, "s3gen": s3gen_step, "cloning": cloning_step, "voices": voices_step, "text": text_step,
+         "watermark": watermark_step}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -152,13 +154,14 @@ def convert(
     t3_overrides: Optional[dict] = None,
     components=None,
     progress=None,
+    watermark=None,
 ) -> Path:
     """Converts an original checkpoint dir (or HF repo id) into a converted model dir at `out`.
 
     `quantize` is a recipe (`fp32|fp16|q8|q4` or `t3=4,flow=8,hift=16,cloning=16,group=64`).
     `t3_overrides` sets T3Config fields the tensors cannot tell (e.g. analyzer heads of a test model).
     `components` limits conversion to some of `STEPS` (default: all). `progress(name)` is called
-    after each step.
+    after each step. `watermark`: a perth_net .pth.tar (default: the installed resemble-perth's).
     """
     recipe = quant.Recipe.parse(quantize)
     checkpoint = _resolve_checkpoint(checkpoint, variant)
@@ -168,7 +171,7 @@ def convert(
     if unknown:
         raise ConversionError(f"unknown components {unknown}; expected {', '.join(STEPS)}")
     config = ModelConfig(variant=variant, profile=profile, quantization=recipe.to_dict())
-    options = {"t3_overrides": t3_overrides}
+    options = {"t3_overrides": t3_overrides, "watermark": watermark}
     with staged_output(Path(out), force) as tmp:
         for name in components:
             STEPS[name](checkpoint, variant, recipe, config, tmp, options)

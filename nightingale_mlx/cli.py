@@ -83,7 +83,8 @@ def _speak(args) -> None:
     progress.count_tokens(tts, bar)
     try:
         audio = tts.generate(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
-                             seed=args.seed, max_new_tokens=args.max_new_tokens, progress=bar.sentence, **sampling)
+                             seed=args.seed, max_new_tokens=args.max_new_tokens, progress=bar.sentence,
+                             watermark=not args.no_watermark, **sampling)
     finally:
         bar.close()
     audio.save(out, float32=args.float)
@@ -124,7 +125,8 @@ def _speak_stream(args, text, out, tts, sampling, show) -> None:
     try:
         with player as p:
             for chunk in tts.stream(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
-                                    seed=args.seed, max_new_tokens=args.max_new_tokens, **sampling):
+                                    seed=args.seed, max_new_tokens=args.max_new_tokens,
+                                    watermark=not args.no_watermark, **sampling):
                 first = chunk.audio_ready_s if first is None else first
                 chunks.append(chunk.samples)
                 bar.audio(sum(len(c) for c in chunks) / tts.sample_rate)
@@ -217,16 +219,43 @@ def _convert(args) -> None:
 
         if synthetic:
             variant = "en" if args.variant == "auto" else args.variant
-            out = convert_synthetic(out, variant, args.quantize, force=args.force, progress=step, profile=args.profile)
+            out = convert_synthetic(out, variant, args.quantize, force=args.force, progress=step, profile=args.profile,
+                                    watermark=args.watermark)
         else:
             out = convert(args.checkpoint, out, variant=args.variant, quantize=args.quantize,
-                          profile=args.profile, force=args.force, progress=step)
+                          profile=args.profile, force=args.force, progress=step, watermark=args.watermark)
     print(f"nightingale: converted model written to {out}", file=sys.stderr)
     if args.upload_repo:
         from convert.upload import upload
 
         url = upload(out, args.upload_repo, source=str(args.checkpoint))
         print(f"nightingale: uploaded to {url}", file=sys.stderr)
+
+
+def _watermark_detect(args) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from . import watermark as wm
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such audio file")
+    try:
+        samples, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile's errors name the format problem
+        raise ValueError(f"{path}: not an audio file soundfile can read ({e})") from e
+    marker = wm.load_from(args.weights) if args.weights else wm.load()
+    if marker is None:
+        raise wm.WatermarkError("no Perth watermark weights: pip install resemble-perth, or pass --weights "
+                                "(a model dir, watermark.safetensors or perth_net .pth.tar)")
+    score = marker.detect(np.mean(samples, axis=1), sr)
+    marked = score >= wm.THRESHOLD
+    if args.json:
+        print(json.dumps({"file": str(path), "score": score, "threshold": wm.THRESHOLD, "watermarked": marked}))
+    else:
+        verdict = "watermarked" if marked else "no watermark"
+        print(f"{path}: {verdict} (Perth score {score:.3f}, threshold {wm.THRESHOLD})")
 
 
 def _quality(args) -> None:
@@ -310,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, help="Turbo/Nano: keep the k likeliest tokens (default 1000)")
     s.add_argument("--max-new-tokens", type=int, help="speech tokens per sentence (25 per second)")
     s.add_argument("--json", action="store_true", help="print timings and RTF as JSON")
+    s.add_argument("--no-watermark", action="store_true",
+                   help="leave out the Perth watermark the output carries by default (as the reference's does)")
     s.set_defaults(func=_speak)
 
     b = sub.add_parser("batch", help="many texts to audio files: a JSONL dataset or a book's chapters, resumable",
@@ -351,7 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--profile", default="upstream", choices=["upstream", "compat-0.1.7"])
     c.add_argument("--force", action="store_true", help=force_help)
     c.add_argument("--upload-repo", metavar="ORG/NAME", help="also publish the converted model to the hub")
+    c.add_argument("--watermark", metavar="FILE",
+                   help="Perth watermark checkpoint (perth_net_250000.pth.tar; default: the installed resemble-perth's)")
     c.set_defaults(func=_convert)
+
+    wmk = sub.add_parser("watermark", help="Perth watermark tools", parents=[common])
+    wsub = wmk.add_subparsers(dest="action", required=True)
+    wd = wsub.add_parser("detect", help="does FILE carry the Perth watermark? (score and verdict)", parents=[common])
+    wd.add_argument("file", help="audio file (any format soundfile reads; stereo is mixed down)")
+    wd.add_argument("--weights", help="a model dir, watermark.safetensors or perth_net .pth.tar "
+                                      "(default: the installed resemble-perth's)")
+    wd.add_argument("--json", action="store_true", help="print file, score, threshold and verdict as JSON")
+    wd.set_defaults(func=_watermark_detect)
 
     x = sub.add_parser("export-ios", help="export a converted model as a Core ML bundle for iOS (needs [coreml])",
                        parents=[common])

@@ -29,6 +29,14 @@ def _blas_line() -> str:
     return "missing: MLX uses a slow reference BLAS; apt-get install libopenblas0-pthread"
 
 
+def _watermark_line() -> str:
+    from .watermark import PERTH_DIST, installed_checkpoint
+
+    if installed_checkpoint() is not None:
+        return f"Perth weights from {PERTH_DIST} {_version(PERTH_DIST)} (outputs are watermarked)"
+    return f"{PERTH_DIST} not installed: outputs of models converted without it are NOT watermarked"
+
+
 def report() -> str:
     import mlx.core as mx
 
@@ -48,5 +56,6 @@ def report() -> str:
         "OpenBLAS": _blas_line(),
         "cache dir": f"{cache} ({'exists' if cache.exists() else 'not created yet'}, {cache_state})",
         "extras": extras,
+        "watermark": _watermark_line(),
     }
     return "\n".join(f"{k:>16}: {v}" for k, v in lines.items())

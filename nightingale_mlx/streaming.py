@@ -267,10 +267,11 @@ def boundary_hf_ratio(samples: np.ndarray, boundaries: Iterable[int], sample_rat
 
 
 def stream_speech(tts, sentences, language, voice, exaggeration, params, seed, first_chunk_tokens, chunk_tokens,
-                  max_new_tokens=None, config=None) -> Iterator[AudioChunk]:
+                  max_new_tokens=None, config=None, finisher=None) -> Iterator[AudioChunk]:
     """TTS.stream's generator (arguments already checked): sentence by sentence as generate(),
     with generate()'s keys per sentence, so a seed gives generate()'s speech tokens. TTS.stream
-    advances it under the model's lock and on its stream (TTS.running)."""
+    advances it under the model's lock and on its stream (TTS.running). `finisher` (TTS.finisher)
+    takes every chunk in turn; a chunk it holds back entirely is not yielded."""
     from .tts import SENTENCE_PAUSE_S, trim_trailing_silence
 
     t0 = time.perf_counter()
@@ -296,6 +297,11 @@ def stream_speech(tts, sentences, language, voice, exaggeration, params, seed, f
                     samples = trim_trailing_silence(samples, tts.sample_rate)
                     if not last:
                         samples = np.concatenate([samples, pause])
+                if finisher is not None:
+                    samples = finisher.push(samples, last=last)
+                    if not len(samples) and not last:
+                        continue
+                    audio_ready = time.perf_counter() - t0
                 yield AudioChunk(samples, tts.sample_rate, index, last, tokens_ready, audio_ready)
                 index += 1
         finally:

@@ -40,7 +40,7 @@ def synthetic_voice_wav(seconds: float = VOICE_SECONDS, sr: int = VOICE_RATE) ->
 
 
 VARIANTS = ("en", "mtl-v2", "mtl-v3", "turbo", "nano")
-COMPONENTS = ["t3", "s3gen", "cloning", "text"]  # what its conversion writes
+COMPONENTS = ["t3", "s3gen", "cloning", "text", "watermark"]  # what its conversion writes
 MTL_TEXT_VOCAB = 2454  # T3Config.is_multilingual keys on it
 MTL_TEXT_TENSORS = ("text_emb.weight", "text_head.weight")
 

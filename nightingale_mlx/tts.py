@@ -12,7 +12,7 @@ from typing import Optional, Union
 import mlx.core as mx
 import numpy as np
 
-from . import model_io
+from . import model_io, watermark as wm
 from .audio.clip import Audio
 from .config import PROFILES, SPEECH_TOKENS_PER_SECOND, SPEECH_VOCAB_SIZE, TURBO_SILENCE_TOKENS
 from .models.s3gen import S3GEN_SR
@@ -97,6 +97,7 @@ class TTS:
         self._cloning = None
         self._default_voice = None
         self._cond_cache = None  # (voice, exaggeration, conditioning tokens)
+        self._watermarker = None  # loaded on first use; False: none found (warned once)
         self._lock = threading.RLock()  # see running()
         # MLX streams are per thread (0.31.2+): an array made on one thread's stream cannot be
         # evaluated on another. The model computes on a stream usable from any thread instead.
@@ -155,6 +156,28 @@ class TTS:
             self._cond_cache = cached = (voice, float(exaggeration), cond)
         return cached[2]
 
+    # --- finishing: the last step of every output path ---------------------------------------
+
+    @property
+    def watermarker(self) -> Optional["wm.Watermarker"]:
+        """Perth's watermarker: the model dir's weights, else the installed resemble-perth's; None
+        (with a one-time warning) when neither exists."""
+        if self._watermarker is None:
+            self._watermarker = wm.load(self.model_dir) or False
+            if not self._watermarker:
+                _warn_once(wm.MISSING_WARNING)
+        return self._watermarker or None
+
+    def finisher(self, watermark: bool = True) -> "wm.WatermarkStream":
+        """The finishing step of every output (generate, stream, and any other path that makes
+        audio): `push(samples, last)` marks audio as the reference's generate() does, piece by
+        piece without seams. `watermark=False` passes the audio through unchanged."""
+        return wm.WatermarkStream(self.watermarker if watermark else None, self.sample_rate)
+
+    def finish(self, samples: np.ndarray, watermark: bool = True) -> np.ndarray:
+        """`finisher` for a whole utterance at once."""
+        return self.finisher(watermark).push(samples, last=True)
+
     # --- generation -------------------------------------------------------------------------
 
     def sampling_params(self, **overrides) -> SamplingParams:
@@ -209,6 +232,7 @@ class TTS:
         max_new_tokens: Optional[int] = None,
         progress=None,
         sampler=None,
+        watermark: bool = True,
         **sampling,
     ) -> Audio:
         """Text -> Audio at 24 kHz. Long text is spoken sentence by sentence with short pauses.
@@ -217,6 +241,7 @@ class TTS:
         the penalty follows the profile). `seed` makes the whole pipeline deterministic.
         `progress(i, n, sentence)` is called before each sentence. `sampler(logits) -> (1,) token`
         injects T3's token choice (DESIGN §4: every source of randomness is injectable).
+        The output carries Perth's watermark, as the reference's does; `watermark=False` leaves it out.
         """
         language = self._check_language(language)
         check_generate_args(text, exaggeration, seed, max_new_tokens)
@@ -245,6 +270,9 @@ class TTS:
             info["speech_tokens"] += sum(1 for t in tokens if t < SPEECH_VOCAB_SIZE)
             pieces += [wav, pause]
         samples = np.concatenate(pieces[:-1]) if pieces else np.zeros(0, np.float32)
+        t0 = time.perf_counter()
+        samples = self.finish(samples, watermark)
+        info["watermark_s"] = time.perf_counter() - t0
         info["audio_s"] = len(samples) / self.sample_rate
         info["rtf"] = (info["t3_s"] + info["s3gen_s"]) / max(info["audio_s"], 1e-9)
         return Audio(samples.astype(np.float32), self.sample_rate, info)
@@ -260,6 +288,7 @@ class TTS:
         chunk_tokens: int = 25,
         max_new_tokens: Optional[int] = None,
         stream_config=None,
+        watermark: bool = True,
         **sampling,
     ):
         """Text -> an iterator of `AudioChunk`s (24 kHz), each as soon as its tokens are rendered.
@@ -267,6 +296,7 @@ class TTS:
         T3 and the S3Gen streamer are interleaved: the first chunk after `first_chunk_tokens`
         speech tokens, then every `chunk_tokens` (25 tokens = 1 s). Arguments as generate();
         `stream_config` is a `streaming.StreamConfig`. Closing the iterator early frees everything.
+        Every chunk passes through the same finishing step as generate() (the watermark).
         """
         from .streaming import check_chunk_sizes, stream_speech
 
@@ -278,8 +308,20 @@ class TTS:
         sentences = split_text(text, language)
         if not sentences:
             raise ValueError("text is empty; give some words to speak")
+        with self.running():  # loads the watermark weights on first use, on the model's stream
+            finisher = self.finisher(watermark)
         return _SerializedIterator(self, stream_speech(self, sentences, language, voice, exaggeration, params, seed,
-                                                       first_chunk_tokens, chunk_tokens, max_new_tokens, stream_config))
+                                                       first_chunk_tokens, chunk_tokens, max_new_tokens, stream_config,
+                                                       finisher))
+
+
+_WARNED = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 def trim_trailing_silence(wav: np.ndarray, sample_rate: int) -> np.ndarray:

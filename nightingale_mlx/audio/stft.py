@@ -4,6 +4,7 @@ Layout is channels-last like the rest of the runtime: spectra are (B, frames, n_
 """
 
 import math
+from typing import Optional
 
 import mlx.core as mx
 
@@ -40,16 +41,18 @@ def stft(x: mx.array, n_fft: int, hop: int, window: mx.array, center: bool = Tru
     return mx.fft.rfft(frame(x, n_fft, hop) * window, axis=-1)
 
 
-def istft(spec: mx.array, n_fft: int, hop: int, window: mx.array) -> mx.array:
-    """Inverse of `stft(center=True)`: (B, frames, n_fft//2 + 1) complex -> (B, hop * (frames - 1)).
+def istft(spec: mx.array, n_fft: int, hop: int, window: mx.array, length: Optional[int] = None) -> mx.array:
+    """Inverse of `stft(center=True)`: (B, frames, n_fft//2 + 1) complex -> (B, length or hop * (frames - 1)).
 
-    Overlap-add normalised by the summed squared window, as torch.istft does.
+    Overlap-add normalised by the summed squared window, as torch.istft does (`length` as its own).
     """
     frames = mx.fft.irfft(spec, n=n_fft, axis=-1) * window  # (B, F, n_fft)
     B, F, _ = frames.shape
-    length = n_fft + hop * (F - 1)
+    out_length, length = length, n_fft + hop * (F - 1)
     idx = (mx.arange(F)[:, None] * hop + mx.arange(n_fft)[None, :]).reshape(-1)
     out = mx.zeros((B, length), dtype=frames.dtype).at[:, idx].add(frames.reshape(B, -1))
     env = mx.zeros((length,), dtype=frames.dtype).at[idx].add(mx.tile(window * window, (F,)))
     start, end = n_fft // 2, length - n_fft // 2
+    if out_length is not None:
+        end = start + out_length
     return out[:, start:end] / mx.maximum(env[start:end], 1e-11)

@@ -13,7 +13,7 @@ Each patch changes sizes, file lookup or offline behaviour, never arithmetic:
 - randomness capture: `torch.multinomial` is wrapped so the harness can record the processed
   distribution the reference samples from and choose the token (teacher forcing, greedy, or
   inverse-CDF sampling from shared uniforms). The distribution itself is untouched.
-- output: `disable_watermark` makes Perth's watermark an identity (our port does not watermark).
+- output: `disable_watermark` makes Perth's watermark an identity (ours runs with `watermark=False`: both compare unmarked audio).
 - recording: `recording_pipeline` wraps generate()'s T3, S3Gen and HiFT calls to record what
   each received and returned (the calls themselves are unchanged), and restores them afterwards.
 - Turbo/Nano: 0.1.7 has no Nano; `add_nano_config` registers GPT-2 small (768 wide, 12 heads,
@@ -382,8 +382,9 @@ class _NoWatermark:
 
 
 def disable_watermark(tts) -> None:
-    """Output patch: `generate()` ends with Perth's `apply_watermark` (a neural watermark our port
-    does not apply, README); an identity watermarker leaves the waveform the models computed."""
+    """Output patch: `generate()` ends with Perth's `apply_watermark`; an identity watermarker leaves
+    the waveform the models computed, which ours gives with `generate(watermark=False)` (the mark
+    has its own parity on its real weights: watermark_harness.py)."""
     tts.watermarker = _NoWatermark()
 
 
