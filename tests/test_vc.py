@@ -128,9 +128,10 @@ def test_bad_sources_get_one_line(tmp_path, cache, make, match):
     make(src)
     with pytest.raises(AudioError, match=match):
         vc.load_source(src)
-    run = run_cli(["vc", str(src), "--model", "synthetic", "-o", str(tmp_path / "o.wav")], cache)
-    assert_cli_error(run, match)
-    assert not (tmp_path / "o.wav").exists()
+    if match == "unreadable":  # the CLI's one line (each case takes a process start; one suffices)
+        run = run_cli(["vc", str(src), "--model", "synthetic", "-o", str(tmp_path / "o.wav")], cache)
+        assert_cli_error(run, match)
+        assert not (tmp_path / "o.wav").exists()
 
 
 def test_targets_are_what_speak_accepts(tts, tmp_path, fixtures_dir):
