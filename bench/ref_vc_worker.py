@@ -4,7 +4,7 @@
 
 English files: `ChatterboxVC.from_local`; Turbo/Nano files: ChatterboxVC around `S3Gen(meanflow=True)`
 (as tests/reference/ref_vc.py). The Perth watermark is not part of the workload (our port does not
-watermark). Prints one JSON line: seconds (generate, model load excluded), audio_s, rtf, peak RSS.
+watermark). Prints one JSON line: seconds (generate after one warm-up call, model load excluded), audio_s, rtf, peak RSS.
 """
 
 import argparse
@@ -35,6 +35,7 @@ def main():
     torch.manual_seed(0)
     vc = load(args.ckpt, manifest["variant"])
     patches.disable_watermark(vc)
+    vc.generate(str(args.source), target_voice_path=str(args.target))  # warm-up (librosa/numba first calls)
     start = time.perf_counter()
     wav = vc.generate(str(args.source), target_voice_path=str(args.target))
     seconds = time.perf_counter() - start

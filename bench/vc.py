@@ -9,8 +9,8 @@ longest's peak is within 20% of the shortest's and every output is the source's 
 40 ms (exit 1 otherwise). `rtf`: the same source converted by ChatterboxVC (reference env; the
 Turbo row wraps `S3Gen(meanflow=True)`, as tests/reference/ref_vc.py) and by our
 `TTS.convert_voice`, on the same random weights of the given size, in fresh processes, alternating.
-RTF = conversion seconds (source tokenization, target embedding and S3Gen; model load excluded)
-/ seconds of audio.
+RTF = conversion seconds (source tokenization, target embedding and S3Gen; model load and one
+warm-up conversion excluded, on both sides) / seconds of audio.
 """
 
 import argparse
@@ -55,6 +55,7 @@ def worker(args) -> None:
     from nightingale_mlx.tts import TTS
 
     tts = TTS(Path(args.model))
+    tts.convert_voice(args.source, args.target, seed=0)  # warm-up: first-call costs are not the workload
     start = time.perf_counter()
     audio = tts.convert_voice(args.source, args.target, seed=0)
     seconds = time.perf_counter() - start
