@@ -287,7 +287,6 @@ class TTS:
         return _SerializedIterator(self, stream_speech(self, sentences, language, voice, exaggeration, params, seed,
                                                        first_chunk_tokens, chunk_tokens, max_new_tokens, stream_config))
 
-
     # --- voice conversion ---------------------------------------------------------------------
 
     def _vc_target(self, voice):

@@ -87,7 +87,8 @@ def cut_points(wav16: np.ndarray, max_s: float = PIECE_MAX_S, min_s: float = PIE
     while n - cuts[-1] > max_t:
         lo, hi = cuts[-1] + min_t, min(cuts[-1] + max_t, n - min_t)
         b = np.arange(lo, hi + 1)
-        score = (csum[np.minimum(b + k, n)] - csum[np.maximum(b - k, 0)]) / (np.minimum(b + k, n) - np.maximum(b - k, 0))
+        left, right = np.maximum(b - k, 0), np.minimum(b + k, n)
+        score = (csum[right] - csum[left]) / (right - left)
         cuts.append(int(b[np.argmin(score)]))  # the first minimum: deterministic
     return cuts + [n]
 
