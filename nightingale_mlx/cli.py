@@ -101,8 +101,9 @@ def _speak(args) -> None:
             print(f"nightingale: {e}; the audio is in {out}", file=sys.stderr)
 
 
-def _speak_stream(args, text, out, tts, sampling, show) -> None:
+def _speak_stream(args, text, out, tts, sampling, show, stream=None) -> None:
     """speak --stream: chunks go to the speaker as they arrive (--play) and to OUT at the end.
+    `stream`: another iterator of AudioChunks to handle the same way (vc --stream).
 
     On Ctrl-C what was already made (and heard) is kept in OUT as a valid file.
     """
@@ -124,9 +125,10 @@ def _speak_stream(args, text, out, tts, sampling, show) -> None:
     interrupted = False
     try:
         with player as p:
-            for chunk in tts.stream(text, language=args.language, voice=args.voice, exaggeration=args.exaggeration,
-                                    seed=args.seed, max_new_tokens=args.max_new_tokens,
-                                    watermark=not args.no_watermark, **sampling):
+            for chunk in stream or tts.stream(text, language=args.language, voice=args.voice,
+                                              exaggeration=args.exaggeration, seed=args.seed,
+                                              max_new_tokens=args.max_new_tokens,
+                                              watermark=not args.no_watermark, **sampling):
                 first = chunk.audio_ready_s if first is None else first
                 chunks.append(chunk.samples)
                 bar.audio(sum(len(c) for c in chunks) / tts.sample_rate)
@@ -193,6 +195,47 @@ def _batch(args) -> None:
         shown = ", ".join(summary["failed_ids"][:5]) + (", ..." if summary["failed"] > 5 else "")
         raise BatchError(f"{summary['failed']} of {summary['items']} items failed ({shown}); their errors are in "
                          f"{summary['manifest']}")
+
+
+def _vc(args) -> None:
+    """vc: the source recording in another voice (TTS.convert_voice), like speak for the rest."""
+    from .vc import load_source
+
+    source = Path(args.source)
+    stem, n = f"{source.stem}-vc", 1
+    default = Path(f"{stem}.wav")
+    while args.output is None and default.exists():
+        n += 1
+        default = Path(f"{stem}-{n}.wav")
+    out = check_output_file(args.output or default, AUDIO_FORMATS, args.force)  # before the work
+    wav16 = load_source(source)  # a bad source is one line before the model loads
+    tts = _load(args)
+    show = progress.enabled(args.quiet or args.json)
+    if args.stream:
+        stream = tts.stream_convert_voice(wav16, args.voice, seed=args.seed, sample_rate=16000,
+                                          watermark=not args.no_watermark)
+        return _speak_stream(args, None, out, tts, None, show, stream=stream)
+    with progress.steps(show, 1, "converting pieces") as bar:
+        def piece(i, n, tokens):
+            bar.total = n
+            bar.update(i - bar.n)
+            bar.set_postfix_str(f"{tokens / 25:.1f} s")
+
+        audio = tts.convert_voice(wav16, args.voice, seed=args.seed, sample_rate=16000, progress=piece,
+                                  watermark=not args.no_watermark)
+        bar.update(bar.total - bar.n)
+    audio.save(out, float32=args.float)
+    if args.json:
+        print(json.dumps({"output": str(out), "sample_rate": audio.sample_rate, **audio.info}))
+    else:
+        print(f"nightingale: wrote {out} ({audio.duration:.2f} s, RTF {audio.info['rtf']:.2f})", file=sys.stderr)
+    if args.play:
+        from .audio.clip import PlaybackError
+
+        try:
+            audio.play()
+        except PlaybackError as e:
+            print(f"nightingale: {e}; the audio is in {out}", file=sys.stderr)
 
 
 def _voice(args) -> None:
@@ -363,6 +406,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=2, help="with --ray: Ray actors, one model each (default 2)")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
     b.set_defaults(func=_batch)
+
+
+    vc = sub.add_parser("vc", help="voice conversion: a recording spoken in another voice", parents=[common])
+    vc.add_argument("source", help="the recording to convert (any format soundfile reads, any length)")
+    _model_args(vc)
+    vc.add_argument("--voice", help="target: reference wav, a baked voice .safetensors, or a voice name "
+                                    "(default: the model's built-in voice)")
+    vc.add_argument("-o", "--output", help="output .wav (16-bit) or .flac (default: SOURCE-vc.wav)")
+    vc.add_argument("--float", action="store_true", help="write a 32-bit float .wav instead of 16-bit PCM")
+    vc.add_argument("--force", action="store_true", help=force_help)
+    vc.add_argument("--play", action="store_true", help="also play the audio (needs the [playback] extra)")
+    vc.add_argument("--stream", action="store_true", help="convert in chunks; with --play, hear it as it comes")
+    vc.add_argument("--seed", type=int, help="make the output reproducible")
+    vc.add_argument("--json", action="store_true", help="print timings and RTF as JSON")
+    vc.add_argument("--no-watermark", action="store_true", help="leave out the Perth watermark (on by default)")
+    vc.set_defaults(func=_vc)
 
     v = sub.add_parser("voice", help="clone a voice once and save it for reuse", parents=[common])
     v.add_argument("reference", help="reference recording (any format soundfile reads)")

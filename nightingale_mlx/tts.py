@@ -70,10 +70,14 @@ def check_generate_args(text, exaggeration, seed, max_new_tokens) -> None:
         raise TextError(f"text must be a str, got {type(text).__name__}")
     if not (isinstance(exaggeration, (int, float)) and math.isfinite(exaggeration) and exaggeration >= 0):
         raise ValueError(f"exaggeration must be a finite number >= 0 (0.5 is neutral), got {exaggeration!r}")
-    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    check_seed(seed)
     if max_new_tokens is not None and not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+
+
+def check_seed(seed) -> None:
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**64):
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
 
 
 class TTS:
@@ -123,9 +127,7 @@ class TTS:
     @_serialized
     def prepare_voice(self, wav: Union[str, Path, np.ndarray], sample_rate: Optional[int] = None) -> Voice:
         """Clones a voice from reference audio (a path, or samples with their sample_rate)."""
-        if self._cloning is None:
-            self._cloning = load_cloning(self.model_dir, self.config.cloning)
-        return prepare_voice(self._cloning, wav, sample_rate, self.voice_family)
+        return prepare_voice(self._cloning_models(), wav, sample_rate, self.voice_family)
 
     def resolve_voice(self, voice: Union[None, str, Path, Voice]) -> Voice:
         """None -> the built-in voice; NAME -> voices/NAME.safetensors; a .safetensors -> a baked
@@ -313,6 +315,79 @@ class TTS:
         return _SerializedIterator(self, stream_speech(self, sentences, language, voice, exaggeration, params, seed,
                                                        first_chunk_tokens, chunk_tokens, max_new_tokens, stream_config,
                                                        finisher))
+
+    # --- voice conversion ---------------------------------------------------------------------
+
+    def _vc_target(self, voice):
+        """A Voice (any family: VC uses only its S3Gen prompt), a baked voice file or name, None
+        (the built-in voice), or reference audio, embedded as ChatterboxVC.set_target_voice does."""
+        from .vc import target_prompt
+
+        if voice is None or isinstance(voice, Voice):
+            return self._find_voice(voice)
+        if isinstance(voice, np.ndarray):
+            raise VoiceError("pass target audio as a file path, or clone it first with prepare_voice()")
+        path = Path(voice)
+        named = self.model_dir / "voices" / f"{voice}.safetensors"
+        if named.is_file() or path.suffix == ".safetensors" or not path.exists():
+            return self._find_voice(voice)
+        return target_prompt(self._cloning_models(), path)
+
+    def _cloning_models(self):
+        if self._cloning is None:
+            self._cloning = load_cloning(self.model_dir, self.config.cloning)
+        return self._cloning
+
+    def _vc_source(self, source, sample_rate, max_s: float, min_s: float):
+        from .vc import cut_points, load_source, output_samples, piece_tokens
+
+        wav16 = load_source(source, sample_rate)
+        cuts = cut_points(wav16, max_s, min_s)
+        return piece_tokens(self._cloning_models().tokenizer, wav16, cuts), len(cuts) - 1, output_samples(wav16)
+
+    @_serialized
+    def convert_voice(self, source: Union[str, Path, np.ndarray], voice: Union[None, str, Path, Voice] = None,
+                      seed: Optional[int] = None, sample_rate: Optional[int] = None, progress=None,
+                      watermark: bool = True) -> Audio:
+        """Voice conversion (ChatterboxVC.generate): the source recording (a path, or samples with
+        their `sample_rate`) spoken in `voice` (a reference clip, a baked voice file or name;
+        None: the built-in voice). 24 kHz, the source's length. Any length: cut at quiet points
+        into pieces of <= 30 s (vc.py). The decoder is the model's (10 CFM steps with CFG, or
+        Turbo/Nano's 2 meanflow steps). `progress(i, n, tokens)` is called before each piece.
+        The output carries the watermark, as generate()'s does; `watermark=False` leaves it out."""
+        from .vc import PIECE_MAX_S, PIECE_MIN_S, render_pieces
+
+        check_seed(seed)
+        target = self._vc_target(voice)
+        t0 = time.perf_counter()
+        pieces, n, total = self._vc_source(source, sample_rate, PIECE_MAX_S, PIECE_MIN_S)
+        key = mx.random.key(seed) if seed is not None else None
+        samples = render_pieces(self.s3gen, pieces, target, key, total, progress, n)
+        t1 = time.perf_counter()
+        samples = self.finish(samples, watermark)
+        info = {"pieces": n, "seconds": time.perf_counter() - t0, "watermark_s": time.perf_counter() - t1,
+                "audio_s": len(samples) / self.sample_rate}
+        info["rtf"] = info["seconds"] / max(info["audio_s"], 1e-9)
+        return Audio(samples.astype(np.float32), self.sample_rate, info)
+
+    def stream_convert_voice(self, source: Union[str, Path, np.ndarray], voice: Union[None, str, Path, Voice] = None,
+                             seed: Optional[int] = None, sample_rate: Optional[int] = None,
+                             first_chunk_tokens: int = 12, chunk_tokens: int = 25, stream_config=None,
+                             watermark: bool = True):
+        """convert_voice as an iterator of `AudioChunk`s: the source is tokenized piece by piece
+        (<= 8 s) and its tokens go through TTS.stream's streamer and finishing step, chunk by chunk."""
+        from .streaming import check_chunk_sizes
+        from .vc import STREAM_PIECE_MAX_S, STREAM_PIECE_MIN_S, stream_chunks
+
+        check_seed(seed)
+        check_chunk_sizes(first_chunk_tokens, chunk_tokens)
+        with self.running():
+            target = self._vc_target(voice)
+            pieces, _, total = self._vc_source(source, sample_rate, STREAM_PIECE_MAX_S, STREAM_PIECE_MIN_S)
+            finisher = self.finisher(watermark)
+        key = mx.random.key(seed) if seed is not None else None
+        return _SerializedIterator(self, stream_chunks(self, pieces, target, key, total, first_chunk_tokens,
+                                                       chunk_tokens, stream_config, finisher))
 
 
 _WARNED = set()

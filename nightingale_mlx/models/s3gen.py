@@ -50,6 +50,7 @@ class S3Gen(nn.Module):
         noise: Optional[mx.array] = None,
         phases: Optional[mx.array] = None,
         sine_noise: Optional[mx.array] = None,
+        f0: Optional[mx.array] = None,
     ) -> mx.array:
         """Speech tokens + Voice -> float32 samples (n,) at 24 kHz.
 
@@ -57,6 +58,7 @@ class S3Gen(nn.Module):
         inject them explicitly (parity tests). `drop_last_token` is the upstream profile's trim of
         the last token's audio, which "decodes to noise". `silence_tokens` S3GEN_SIL tokens are
         appended (Turbo appends 3, and keeps their audio). `n_timesteps`: the flow's own by default.
+        `f0` (1, frames) replaces HiFT's predicted F0 (parity checks drive a voiced source).
         """
         tokens = self.valid_tokens(tokens)
         if silence_tokens and tokens.shape[0]:
@@ -68,7 +70,7 @@ class S3Gen(nn.Module):
         if key is not None:
             flow_key, hift_key = mx.random.split(key)
         mel = self.mel(tokens, voice, n_timesteps, noise, flow_key)
-        wav = self.mel2wav(mel.astype(mx.float32), phases=phases, noise=sine_noise, key=hift_key)
+        wav = self.mel2wav(mel.astype(mx.float32), phases=phases, noise=sine_noise, key=hift_key, f0=f0)
         wav = trim_fade(wav[0].astype(mx.float32))
         if drop_last_token:
             wav = wav[: max(1, n - 1) * SAMPLES_PER_TOKEN]

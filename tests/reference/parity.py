@@ -104,6 +104,10 @@ from . import e2e_harness  # noqa: E402
 COMPONENTS["e2e"] = e2e_harness.e2e_checks
 from . import turbo_harness  # noqa: E402
 COMPONENTS["turbo"] = turbo_harness.turbo_checks  # T3, e2e and voice of Turbo/Nano (--variant turbo|nano)
+from . import vc_harness  # noqa: E402
+COMPONENTS["vc"] = vc_harness.vc_checks  # voice conversion: standard decoder (en) and meanflow (turbo|nano)
+# Variants run when --variant is not given (default: the multilingual and English families).
+DEFAULT_VARIANTS = {"turbo": ["turbo", "nano"], "vc": list(vc_harness.VARIANTS)}
 
 
 def main(argv=None):
@@ -129,7 +133,7 @@ def main(argv=None):
     checks = []
     for seed in range(args.seed, args.seed + args.seeds):
         for name in names:
-            for variant in args.variant or (["turbo", "nano"] if name == "turbo" else ["mtl-v2", "en"]):
+            for variant in args.variant or DEFAULT_VARIANTS.get(name, ["mtl-v2", "en"]):
                 start = time.perf_counter()
                 with tempfile.TemporaryDirectory() as work:
                     new = COMPONENTS[name](args.size, variant, seed, Path(work), args.write_fixtures)
