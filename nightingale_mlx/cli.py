@@ -180,7 +180,7 @@ def _batch(args) -> None:
         from .loader import resolve_model
 
         resolve_model(args.model, args.variant, model["quantize"])
-    job = Job(items, out, args.format, model, defaults)
+    job = Job(items, out, args.format, model, defaults, watermark=not args.no_watermark)
     try:
         summary = run(job, executor, show=progress.enabled(args.quiet or args.json))
     except KeyboardInterrupt:
@@ -405,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on Ray (needs [ray]): a new local instance, or the cluster at ADDRESS (host:6379, auto)")
     b.add_argument("--workers", type=int, default=2, help="with --ray: Ray actors, one model each (default 2)")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
+    b.add_argument("--no-watermark", action="store_true", help="leave out the Perth watermark (on by default)")
     b.set_defaults(func=_batch)
 
 

@@ -67,8 +67,9 @@ def piece_seed(item_seed: int, index: int) -> int:
 
 
 def speak(tts, text: str, language: str, voice, seed: int, max_seconds: float = MAX_PIECE_SECONDS,
-          **options):
+          watermark: bool = True, **options):
     """Text -> (float32 samples, info) with tts.generate per piece; `voice` as generate() takes it.
+    The joined item passes through TTS.finish once (the watermark, unless `watermark=False`).
 
     info: pieces, sentences, tokens (speech tokens), t3_s, s3gen_s, wall_s, audio_s, rtf.
     """
@@ -79,13 +80,14 @@ def speak(tts, text: str, language: str, voice, seed: int, max_seconds: float = 
     voice = tts.resolve_voice(voice)  # once: every piece in the same voice
     parts, info = [], {"pieces": len(pieces), "sentences": 0, "tokens": 0, "t3_s": 0.0, "s3gen_s": 0.0}
     for i, piece in enumerate(pieces):
-        audio = tts.generate(piece.text, language=language, voice=voice, seed=piece_seed(seed, i), **options)
+        audio = tts.generate(piece.text, language=language, voice=voice, seed=piece_seed(seed, i), watermark=False,
+                             **options)
         parts += [audio.samples, np.zeros(int(round(piece.pause_s * audio.sample_rate)), np.float32)]
         info["sentences"] += audio.info["sentences"]
         info["tokens"] += audio.info["speech_tokens"]
         info["t3_s"] += audio.info["t3_s"]
         info["s3gen_s"] += audio.info["s3gen_s"]
-    samples = np.concatenate(parts).astype(np.float32)
+    samples = tts.finish(np.concatenate(parts).astype(np.float32), watermark)
     info["audio_s"] = len(samples) / tts.sample_rate
     info["wall_s"] = time.perf_counter() - t0
     info["rtf"] = info["wall_s"] / max(info["audio_s"], 1e-9)

@@ -34,6 +34,7 @@ class Job:
     model: dict = field(default_factory=lambda: {"model": "synthetic"})  # loader.load's arguments
     defaults: dict = field(default_factory=dict)  # job-wide voice, language, seed, sampling
     max_piece_s: float = MAX_PIECE_SECONDS
+    watermark: bool = True  # Perth's mark on every item, as generate() does
 
 
 def check_format(fmt: str) -> None:
@@ -81,6 +82,7 @@ def task_for(item: Item, job: Job) -> dict:
         "model": job.model,
         "format": job.fmt,
         "max_piece_s": job.max_piece_s,
+        "watermark": job.watermark,
     }
     return {"id": item.id, "text": item.text, "file": f"{item.stem}.{job.fmt}", "error": item.error,
             "request": request}
@@ -110,7 +112,7 @@ class Synthesizer:
                         "max_new_tokens": min(options.get("max_new_tokens", 10**9), SamplingParams.max_new_tokens)}
             resolved.update({k: options[k] for k in ("exaggeration",) if k in options})
             samples, info = speak(self.tts, task["text"], req["language"], voice, req["seed"], req["max_piece_s"],
-                                  **options)
+                                  req.get("watermark", True), **options)
             data = encode(samples, self.tts.sample_rate, req["format"])
         except Exception as e:  # one item's failure is its manifest line, not the job's end
             return {"id": task["id"], "error": " ".join(str(e).split()) or type(e).__name__}
