@@ -50,11 +50,12 @@ class S3Gen(nn.Module):
         noise: Optional[mx.array] = None,
         phases: Optional[mx.array] = None,
         sine_noise: Optional[mx.array] = None,
+        f0: Optional[mx.array] = None,
     ) -> mx.array:
         """Speech tokens + Voice -> float32 samples (n,) at 24 kHz.
 
         `key` seeds the CFM noise and the SineGen randomness; `noise`, `phases` and `sine_noise`
-        inject them explicitly (parity tests). `drop_last_token` is the upstream profile's trim of
+        inject them explicitly, `f0` (1, mel frames) replaces the predicted F0 (parity tests). `drop_last_token` is the upstream profile's trim of
         the last token's audio, which "decodes to noise". `silence_tokens` S3GEN_SIL tokens are
         appended (Turbo appends 3, and keeps their audio). `n_timesteps`: the flow's own by default.
         """
@@ -68,7 +69,7 @@ class S3Gen(nn.Module):
         if key is not None:
             flow_key, hift_key = mx.random.split(key)
         mel = self.mel(tokens, voice, n_timesteps, noise, flow_key)
-        wav = self.mel2wav(mel.astype(mx.float32), phases=phases, noise=sine_noise, key=hift_key)
+        wav = self.mel2wav(mel.astype(mx.float32), phases=phases, noise=sine_noise, key=hift_key, f0=f0)
         wav = trim_fade(wav[0].astype(mx.float32))
         if drop_last_token:
             wav = wav[: max(1, n - 1) * SAMPLES_PER_TOKEN]
