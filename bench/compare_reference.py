@@ -1,11 +1,13 @@
 """Side by side with the PyTorch reference on identical random full-size weights.
 
-    python -m bench.compare_reference --size full --tokens 100 --json [--recipes fp32,fp16,q8,q4]
+    python -m bench.compare_reference --size full --tokens 100 --json [--recipes fp32,fp16,q8,q4] [--variant turbo]
 
 Writes (once, cached) a random checkpoint in the original format with the reference env, converts
 it per recipe, then runs the same end-to-end workload (T3 prefill + exactly N tokens with CFG,
 then S3Gen on them) in fresh processes, alternating reference and ours, and then our fastest
 recipe once more through the streamer for the time to first audio. Ratios are ours/ref.
+`--variant turbo|nano` compares with `ChatterboxTurboTTS`: `inference_turbo` (no CFG, its
+sampling), S3Gen on the tokens plus 3 silence tokens with 2 meanflow steps.
 """
 
 import argparse
@@ -72,7 +74,7 @@ def _timed(fn) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=["tiny", "full"], default="full")
-    p.add_argument("--variant", default="en", help="en: no alignment analyzer on either side")
+    p.add_argument("--variant", default="en", help="en (no alignment analyzer on either side), turbo or nano")
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--recipes", default="fp32,fp16,q8,q4")
     p.add_argument("--pairs", type=int, default=1, help="alternating ref/ours rounds")
@@ -113,7 +115,7 @@ def main(argv=None):
     bandwidth = copy_bandwidth_gbs()
     result = {
         "machine": {**machine(), "copy_bandwidth_gbs": bandwidth},
-        "workload": {"size": args.size, "variant": args.variant, "tokens": args.tokens, "cfg_weight": 0.5,
+        "workload": {"size": args.size, "variant": args.variant, "tokens": args.tokens, "cfg_weight": ref_runs[0]["cfg_weight"],
                      "fastest_recipe": fastest},
         "ref": ref,
         "ours": ours,

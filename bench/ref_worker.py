@@ -1,10 +1,12 @@
 """The reference (chatterbox-tts 0.1.7) on bench.worker's workloads, in the reference env.
 
-    $NIGHTINGALE_REF_PYTHON bench/ref_worker.py CKPT_DIR --workload t3|s3gen|e2e --tokens N [--variant en]
+    $NIGHTINGALE_REF_PYTHON bench/ref_worker.py CKPT_DIR --workload t3|s3gen|e2e --tokens N [--variant en|turbo|nano]
 
 Same work as ours: exactly N valid speech tokens (EOS and ids >= 6561 are never chosen),
-the same text length, the built-in voice. T3 and S3Gen are called as `generate()` calls them;
-the Perth watermark is not part of the workload (our port does not watermark).
+the same text length, the built-in voice. T3 and S3Gen are called as `generate()` calls them
+(Turbo/Nano: `ChatterboxTurboTTS.generate`'s `inference_turbo` with its default sampling, no CFG,
+then S3Gen on the tokens plus 3 silence tokens with 2 meanflow steps); the Perth watermark is not
+part of the workload (our port does not watermark).
 """
 
 import argparse
@@ -21,6 +23,8 @@ import numpy as np  # noqa: E402
 import patches  # noqa: E402
 
 SPEECH_CODES, TEXT_LEN = 6561, 60
+TURBO = ("turbo", "nano")
+S3GEN_SIL = 4299  # tts_turbo: three appended after T3's tokens
 
 
 def peak_rss_mb() -> float:
@@ -32,6 +36,11 @@ def peak_rss_mb() -> float:
 
 def load(ckpt: Path, variant: str):
     patches.offline_resources(ckpt)
+    if variant in TURBO:
+        from chatterbox.tts_turbo import ChatterboxTurboTTS
+
+        patches.use_turbo_t3(variant)
+        return ChatterboxTurboTTS.from_local(ckpt, "cpu")
     if variant == "en":
         from chatterbox.tts import ChatterboxTTS
 
@@ -57,6 +66,8 @@ def main():
     torch.set_num_threads(args.threads)
     patches.apply_sizes(args.size)
     tts = load(args.ckpt, args.variant)
+    turbo = args.variant in TURBO
+    cfg_weight = 0.0 if turbo else args.cfg
     stamps = []
 
     def choose(step, probs):
@@ -74,11 +85,18 @@ def main():
                 speech = torch.from_numpy(rng.integers(0, 6561, tokens))
             else:
                 text = torch.from_numpy(np.concatenate([[255], rng.integers(1, 700, TEXT_LEN), [0]]))[None]
-                speech = tts.t3.inference(t3_cond=tts.conds.t3, text_tokens=torch.cat([text, text]),
-                                          max_new_tokens=tokens, temperature=0.8, cfg_weight=args.cfg,
-                                          repetition_penalty=1.2, min_p=0.05, top_p=1.0)[0]
+                if turbo:  # the first token comes from the prefill, then max_gen_len more
+                    speech = tts.t3.inference_turbo(tts.conds.t3, text, temperature=0.8, top_k=1000, top_p=0.95,
+                                                    repetition_penalty=1.2, max_gen_len=tokens - 1)[0]
+                else:
+                    speech = tts.t3.inference(t3_cond=tts.conds.t3, text_tokens=torch.cat([text, text]),
+                                              max_new_tokens=tokens, temperature=0.8, cfg_weight=args.cfg,
+                                              repetition_penalty=1.2, min_p=0.05, top_p=1.0)[0]
             t1 = time.perf_counter()
-            if args.workload != "t3":
+            if args.workload != "t3" and turbo:
+                speech = torch.cat([speech, torch.tensor([S3GEN_SIL] * 3)])
+                tts.s3gen.inference(speech_tokens=speech, ref_dict=tts.conds.gen, n_cfm_timesteps=2)
+            elif args.workload != "t3":
                 tts.s3gen.inference(speech_tokens=speech, ref_dict=tts.conds.gen)
         t2 = time.perf_counter()
         out = {"total_s": t2 - t0, "audio_s": tokens * 0.04}
@@ -93,7 +111,7 @@ def main():
     runs = [run(args.tokens, i) for i in range(args.repeats)]
     summary = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
     print(json.dumps({"impl": "chatterbox-tts 0.1.7", "workload": args.workload, "tokens": args.tokens,
-                      "cfg_weight": args.cfg, **summary, "runs": runs, "torch": torch.__version__,
+                      "cfg_weight": cfg_weight, **summary, "runs": runs, "torch": torch.__version__,
                       "threads": torch.get_num_threads(),
                       "peak_rss_mb": peak_rss_mb()}))
 

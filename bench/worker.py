@@ -6,10 +6,13 @@ Every workload produces exactly N valid speech tokens (EOS and ids >= 6561 are m
 implementations do the same work. `stream` is e2e through the streamer (TTS.stream's defaults:
 first chunk after 12 tokens, then every 25) and reports the time to first audio. `e2e` and
 `stream` end with the Perth watermark (TTS's finishing step, on by default; `watermark_s` is its
-share, None when no weights are found). Peak memory is this process's peak RSS.
+share, None when no weights are found). Peak memory is this process's peak RSS. A Turbo/Nano model
+runs as `TTS.generate` runs it: Turbo's sampling (no CFG; `--cfg` is ignored), 3 silence tokens
+appended for S3Gen, its 2-step meanflow flow.
 """
 
 import argparse
+import itertools
 import json
 import time
 
@@ -18,11 +21,12 @@ import numpy as np
 
 from bench.common import peak_rss_mb
 from nightingale_mlx import watermark
-from nightingale_mlx.config import SPEECH_VOCAB_SIZE
+from nightingale_mlx.config import S3GEN_SILENCE_TOKEN, SPEECH_VOCAB_SIZE, TURBO_SILENCE_TOKENS
 from nightingale_mlx.models.s3gen import S3GEN_SR
 from nightingale_mlx.model_io import load_config, load_s3gen, load_t3
 from nightingale_mlx.sampling import SamplingParams
 from nightingale_mlx.streaming import stream_tokens
+from nightingale_mlx.tts import TURBO_SAMPLING
 from nightingale_mlx.voice import Voice
 from nightingale_mlx.watermark import WatermarkStream
 
@@ -45,21 +49,24 @@ def t3_tokens(t3, voice, tokens: int, cfg: float, seed: int, stamps: list):
     """Yields exactly `tokens` speech tokens, stamping the time each one is ready."""
     rng = np.random.default_rng(seed)
     text = mx.array(np.concatenate([[255], rng.integers(1, 700, TEXT_LEN), [0]]))
-    cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.5)
-    params = SamplingParams(max_new_tokens=tokens, cfg_weight=cfg)
+    cond = t3.condition(voice.speaker_emb, voice.prompt_tokens, 0.5)  # Turbo/Nano have no emotion input
+    params = SamplingParams(**{**TURBO_SAMPLING, "max_new_tokens": tokens}) if t3.cfg.is_gpt2 else \
+        SamplingParams(max_new_tokens=tokens, cfg_weight=cfg)
     for tok in t3.inference(cond, text, params, sampler=eos_masked_sampler(seed)):
         stamps.append(time.perf_counter())
         yield tok
 
 
-def run_once(workload: str, t3, s3gen, voice, tokens: int, cfg: float, seed: int, marker=None) -> dict:
+def run_once(workload: str, t3, s3gen, voice, tokens: int, cfg: float, seed: int, marker=None,
+             silence: int = 0) -> dict:
+    """`silence`: S3GEN_SIL tokens appended for S3Gen (Turbo: 3, as generate() appends them)."""
     stamps = []
     finish = WatermarkStream(marker, S3GEN_SR)
     t0 = time.perf_counter()
     if workload == "stream":
         ttfa, wm_s = None, 0.0
-        for samples, final, _, _ in stream_tokens(s3gen, t3_tokens(t3, voice, tokens, cfg, seed, stamps), voice,
-                                                  key=mx.random.key(seed), clock_start=t0):
+        padded = itertools.chain(t3_tokens(t3, voice, tokens, cfg, seed, stamps), [S3GEN_SILENCE_TOKEN] * silence)
+        for samples, final, _, _ in stream_tokens(s3gen, padded, voice, key=mx.random.key(seed), clock_start=t0):
             t = time.perf_counter()
             out = finish.push(samples, last=final)
             wm_s += time.perf_counter() - t
@@ -72,7 +79,7 @@ def run_once(workload: str, t3, s3gen, voice, tokens: int, cfg: float, seed: int
         speech = np.random.default_rng(seed).integers(0, 6561, tokens).tolist()
     t1 = time.perf_counter()
     if workload in ("s3gen", "e2e"):
-        wav = s3gen.inference(speech, voice, key=mx.random.key(seed))
+        wav = s3gen.inference(speech, voice, silence_tokens=silence, key=mx.random.key(seed))
         mx.eval(wav)
     t2 = time.perf_counter()
     result = {"total_s": t2 - t0, "audio_s": tokens * 0.04}
@@ -100,12 +107,14 @@ def main():
     s3gen = load_s3gen(args.model, config) if args.workload != "t3" else None
     voice = Voice.load(f"{args.model}/voices/default.safetensors")
     marker = watermark.load(args.model) if args.workload in ("e2e", "stream") else None
-    run_once(args.workload, t3, s3gen, voice, 8, args.cfg, seed=99, marker=marker)  # warm-up
-    runs = [run_once(args.workload, t3, s3gen, voice, args.tokens, args.cfg, seed=i, marker=marker)
+    silence = TURBO_SILENCE_TOKENS if config.is_turbo else 0
+    cfg = 0.0 if config.is_turbo else args.cfg
+    run_once(args.workload, t3, s3gen, voice, 8, cfg, seed=99, marker=marker, silence=silence)  # warm-up
+    runs = [run_once(args.workload, t3, s3gen, voice, args.tokens, cfg, seed=i, marker=marker, silence=silence)
             for i in range(args.repeats)]
     summary = {k: float(np.median([r[k] for r in runs])) for k in runs[0] if runs[0][k] is not None}
     print(json.dumps({"impl": "nightingale_mlx", "workload": args.workload, "recipe": config.quantization["recipe"],
-                      "tokens": args.tokens, "cfg_weight": args.cfg, **summary, "runs": runs,
+                      "tokens": args.tokens, "cfg_weight": cfg, **summary, "runs": runs,
                       "peak_rss_mb": peak_rss_mb(), "device": str(mx.default_device())}))
 
 

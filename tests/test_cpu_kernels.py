@@ -98,3 +98,31 @@ def test_exp_matches_mlx():
     x = mx.linspace(-80, 20, 10_001)
     np.testing.assert_allclose(np.array(exp(x)), np.array(mx.exp(x)), rtol=1e-5)
     assert exp(x.astype(mx.float16)).dtype == mx.float16
+
+
+@pytest.mark.parametrize("backbone", ["llama", "gpt2"])
+def test_t3_decode_attention_matches_mlx_lm(backbone):
+    """T3's one-query decode steps (Llama and GPT-2 backbones) attend over the cache in numpy;
+    prefill and the cache itself stay mlx-lm's."""
+    from mlx_lm.models.cache import KVCache
+    from mlx_lm.models.gpt2 import Attention as GPT2Attention
+    from mlx_lm.models.llama import Attention as LlamaAttention
+
+    from nightingale_mlx.config import T3Config
+    from nightingale_mlx.models.t3 import T3, DecodeAttention, GPT2DecodeAttention
+
+    cfg = T3Config(backbone=backbone, hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
+                   num_key_value_heads=2, intermediate_size=256)
+    layer = T3(cfg).tfmr.layers[0]
+    attn, fast, base = ((layer.attn, GPT2DecodeAttention, GPT2Attention) if backbone == "gpt2"
+                        else (layer.self_attn, DecodeAttention, LlamaAttention))
+    assert type(attn) is fast
+    ours, theirs = KVCache(), KVCache()
+    x = mx.random.normal((1, 6, 128), key=mx.random.key(4))
+    np.testing.assert_array_equal(np.array(attn(x, "causal", ours)), np.array(base.__call__(attn, x, "causal", theirs)))
+    for step in range(3):
+        x = mx.random.normal((1, 1, 128), key=mx.random.key(5 + step))
+        got, want = attn(x, None, ours), base.__call__(attn, x, None, theirs)
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=2e-6)
+    assert ours.offset == theirs.offset == 9
+    np.testing.assert_array_equal(np.array(ours.keys[..., :9, :]), np.array(theirs.keys[..., :9, :]))

@@ -147,6 +147,34 @@ def test_turbo_appends_three_silence_tokens_and_keeps_their_audio(turbo):
     assert wav.shape[0] == (4 + 3) * 960
 
 
+def test_bench_worker_runs_turbo_as_generate_does(turbo):
+    """bench.compare_reference's workload for Turbo: its sampling without CFG, exactly N tokens,
+    S3Gen on them plus the 3 silence tokens (batch and streaming)."""
+    from bench.worker import run_once
+
+    seen = {"params": [], "s3gen": []}
+    t3_inference, s3gen_inference = turbo.t3.inference, turbo.s3gen.inference
+
+    def t3_spy(cond, text, params, **kw):
+        seen["params"].append(params)
+        return t3_inference(cond, text, params, **kw)
+
+    def s3gen_spy(tokens, voice, **kw):
+        seen["s3gen"].append((len(tokens), kw.get("silence_tokens", 0)))
+        return s3gen_inference(tokens, voice, **kw)
+
+    turbo.t3.inference, turbo.s3gen.inference = t3_spy, s3gen_spy  # instance attributes, this test only
+    try:
+        voice = turbo.resolve_voice(None)
+        r = run_once("e2e", turbo.t3, turbo.s3gen, voice, 6, 0.0, seed=0, silence=3)
+        streamed = run_once("stream", turbo.t3, turbo.s3gen, voice, 6, 0.0, seed=0, silence=3)
+    finally:
+        del turbo.t3.inference, turbo.s3gen.inference
+    assert all(p.cfg_weight == 0 and p.order == "warpers_first" and p.top_k == 1000 for p in seen["params"])
+    assert seen["s3gen"] == [(6, 3)]
+    assert r["decode_tok_s"] > 0 and streamed["ttfa_s"] is not None
+
+
 # ------------------------------------------------------------------ conversion
 
 

@@ -4,7 +4,8 @@
 Each fixture holds what the reference computed on a random tiny checkpoint (Turbo: GPT-2 4 x 128;
 Nano: the GPT-2 small config patches.py adds to the reference's table, at 2 x 64): T3's
 `inference_turbo` logits, processed distributions and tokens (teacher-forced, greedy, sampled),
-`generate()`'s text ids, S3Gen tokens (3 silence tokens appended), meanflow mel and waveform, and
+`generate()`'s text ids, S3Gen tokens (3 silence tokens appended), meanflow mel and waveform, the
+waveform again with an injected voiced F0 (the harmonic source throughout), and
 `prepare_conditionals` on a 7.2 s clip (-27 LUFS gain, prompt tokens, embeddings). Here the
 checkpoint is rebuilt from the weight specs and seed in the original files, converted with our
 converter (Nano with no Nano-specific code), and run through our product paths with the same
@@ -48,7 +49,8 @@ def test_turbo_matches_reference(run):
     assert not failed, json.dumps(failed)
     names = {c["name"].split(f"turbo.tiny.{variant}.", 1)[1] for c in checks}
     for part in ("t3.teacher.logits_both_rows", "t3.greedy.token_choices", "t3.sample.token_choices", "e2e.mel",
-                 "e2e.wav_s3gen", "e2e.s3gen_tokens", "e2e.flow_steps", "voice.loudness_gain", "voice.speaker_emb"):
+                 "e2e.wav_s3gen", "e2e.wav_injected_f0", "e2e.s3gen_tokens", "e2e.flow_steps",
+                 "voice.loudness_gain", "voice.speaker_emb"):
         assert part in names, f"check {part} did not run"
 
 

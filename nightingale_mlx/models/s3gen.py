@@ -55,10 +55,10 @@ class S3Gen(nn.Module):
         """Speech tokens + Voice -> float32 samples (n,) at 24 kHz.
 
         `key` seeds the CFM noise and the SineGen randomness; `noise`, `phases` and `sine_noise`
-        inject them explicitly (parity tests). `drop_last_token` is the upstream profile's trim of
-        the last token's audio, which "decodes to noise". `silence_tokens` S3GEN_SIL tokens are
-        appended (Turbo appends 3, and keeps their audio). `n_timesteps`: the flow's own by default.
-        `f0` (1, frames) replaces HiFT's predicted F0 (parity checks drive a voiced source).
+        inject them explicitly, and `f0` (1, mel frames) replaces HiFT's predicted F0 (parity checks
+        drive a voiced source). `drop_last_token` is the upstream profile's trim of the last token's
+        audio, which "decodes to noise". `silence_tokens` S3GEN_SIL tokens are appended (Turbo
+        appends 3, and keeps their audio). `n_timesteps`: the flow's own by default.
         """
         tokens = self.valid_tokens(tokens)
         if silence_tokens and tokens.shape[0]:

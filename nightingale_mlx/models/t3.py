@@ -13,6 +13,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
+from mlx_lm.models.gpt2 import Attention as GPT2Attention
 from mlx_lm.models.gpt2 import GPT2Model
 from mlx_lm.models.gpt2 import ModelArgs as GPT2Args
 from mlx_lm.models.llama import Attention, LlamaModel, ModelArgs
@@ -60,20 +61,42 @@ class T3CondEnc(nn.Module):
         return mx.concatenate(parts, axis=1)  # (B, 34, D); GPT-2: (B, 1 + prompt, D)
 
 
+def is_cpu_decode_step(x: mx.array, cache: Optional[KVCache]) -> bool:
+    """A one-query step over a KV cache on the CPU: its softmax over the cache runs in numpy
+    (cpu_kernels.attention); MLX's CPU kernels made it ~15% of a Llama decode step."""
+    return x.shape[1] == 1 and cache is not None and on_cpu()
+
+
+def decode_step_attention(q: mx.array, k: mx.array, v: mx.array, cache: KVCache, scale: float) -> mx.array:
+    """One query's (B, H, 1, d) q, k, v -> (B, 1, H * d): appends k, v to the cache, attends over it."""
+    k, v = cache.update_and_fetch(k, v)
+    out = attention(q, k, v, scale)
+    return out.transpose(0, 2, 1, 3).reshape(q.shape[0], 1, -1)
+
+
 class DecodeAttention(Attention):
-    """mlx-lm's Llama attention, except one-query steps (decode) on the CPU: their softmax over the
-    cache runs in numpy (cpu_kernels.attention); MLX's CPU kernels made it ~15% of a decode step."""
+    """mlx-lm's Llama attention, except CPU decode steps (decode_step_attention)."""
 
     def __call__(self, x: mx.array, mask: Optional[mx.array] = None, cache: Optional[KVCache] = None) -> mx.array:
-        B, L, _ = x.shape
-        if L != 1 or cache is None or self.n_kv_heads != self.n_heads or not on_cpu():
+        if not is_cpu_decode_step(x, cache) or self.n_kv_heads != self.n_heads:
             return super().__call__(x, mask, cache)
+        B = x.shape[0]
         q, k, v = (p(x).reshape(B, 1, self.n_heads, -1).transpose(0, 2, 1, 3)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
-        k, v = cache.update_and_fetch(k, v)
-        out = attention(q, k, v, self.scale)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
+        return self.o_proj(decode_step_attention(q, k, v, cache, self.scale))
+
+
+class GPT2DecodeAttention(GPT2Attention):
+    """mlx-lm's GPT-2 attention (fused c_attn), except CPU decode steps (decode_step_attention)."""
+
+    def __call__(self, x: mx.array, mask: Optional[mx.array] = None, cache: Optional[KVCache] = None) -> mx.array:
+        if not is_cpu_decode_step(x, cache):
+            return super().__call__(x, mask, cache)
+        B = x.shape[0]
+        q, k, v = (t.reshape(B, 1, self.n_head, -1).transpose(0, 2, 1, 3)
+                   for t in mx.split(self.c_attn(x), 3, axis=-1))
+        return self.c_proj(decode_step_attention(q, k, v, cache, self.scale))
 
 
 class Backbone(LlamaModel):
@@ -93,6 +116,8 @@ class GPT2Backbone(GPT2Model):
     def __init__(self, args: GPT2Args):
         super().__init__(args)
         del self.wte
+        for layer in self.h:
+            layer.attn.__class__ = GPT2DecodeAttention  # same parameters, one overridden __call__
 
     @property
     def layers(self):

@@ -9,6 +9,8 @@ Three parts, each with injected randomness (patches.py), no arithmetic changed:
 - `e2e`: `generate(text)` with teacher-forced valid codes then EOS, the CFM start noise (its
   meanflow part through `torch.randn`) and the SineGen phases and noise; records the text ids,
   T3's tokens, the first distributions, S3Gen's tokens (3 silence tokens appended), the mel and the wav.
+- `e2e_voiced`: S3Gen once more on the same tokens and noise, HiFT's F0 predictor replaced by an
+  injected voiced track (as ref_hift.py's `voiced`), so the harmonic source runs throughout; the wav.
 - `voice`: `prepare_conditionals(clip)` (loudness normalisation to -27 LUFS included); records the
   normalised 24 kHz signal and the conditionals.
 """
@@ -75,6 +77,23 @@ def run_e2e(tts, inputs: dict) -> dict:
     return {**rec, "probs": np.stack(spy.probs), "wav": wav[0].numpy()}
 
 
+def run_e2e_voiced(tts, inputs: dict, s3gen_tokens: np.ndarray) -> dict:
+    """S3Gen as generate() calls it, on generate()'s tokens, with run_e2e's noise still installed
+    and the injected F0 (1, mel frames) in place of the predicted one."""
+    import torch
+
+    hift = tts.s3gen.mel2wav
+    predictor = hift.f0_predictor
+    patches.install_hift_f0(hift, torch.from_numpy(inputs["e2e/f0"]))
+    try:
+        with torch.inference_mode():
+            wav, _ = tts.s3gen.inference(speech_tokens=torch.from_numpy(s3gen_tokens), ref_dict=tts.conds.gen,
+                                         n_cfm_timesteps=2)
+    finally:
+        hift.f0_predictor = predictor
+    return {"wav": wav[0].numpy()}
+
+
 def run_voice(tts, clip: Path) -> dict:
     rec = {}
     norm = tts.norm_loudness
@@ -114,6 +133,8 @@ def main(argv=None):
     for mode in ("teacher", "greedy", "sample"):
         out.update({f"t3/{mode}/{k}": v for k, v in run_t3(tts, inputs, mode).items()})
     out.update({f"e2e/{k}": v for k, v in run_e2e(tts, inputs).items()})
+    if "e2e/f0" in inputs:
+        out.update({f"e2e_voiced/{k}": v for k, v in run_e2e_voiced(tts, inputs, out["e2e/s3gen_tokens"]).items()})
     if args.clip:
         out.update({f"voice/{k}": v for k, v in run_voice(tts, args.clip).items()})
     np.savez(args.out, **out)

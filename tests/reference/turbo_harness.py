@@ -7,6 +7,9 @@ Against `ChatterboxTurboTTS` of chatterbox-tts 0.1.7 (ref_turbo.py), on one rand
 - end to end (`generate`): text ids (GPT-2 tokenizer, Turbo punc_norm, a tag), S3Gen's tokens
   with the 3 silence tokens, the meanflow mel (2 Euler steps, no CFG) and the waveform, with the
   e2e tolerances (mel 1e-4, SNR >= 30 dB); ours runs `TTS.generate` teacher-forced;
+- S3Gen again on those tokens and noise with an injected voiced F0 (80-300 Hz, hift_harness's
+  track) in place of the predicted one, so the harmonic source runs throughout: waveform SNR
+  >= 30 dB over all samples and over the unclipped ones;
 - the voice (`prepare_conditionals`): the -27 LUFS signal, prompt tokens (375 max), S3Gen's
   prompt, the embeddings, with the cloning tolerances.
 Shared by `parity.py --component turbo` and tests/test_turbo_parity.py.
@@ -26,6 +29,7 @@ from nightingale_mlx.voice import Voice, load_cloning, load_reference, normalize
 
 from . import cloning_harness, e2e_harness, hift_harness, t3_harness
 from .checks import error_check as _err
+from .checks import snr_db
 from .weights import digest, random_conds
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -61,6 +65,7 @@ def make_inputs(variant: str, seed: int) -> dict:
         "e2e/sine_noise": rng.standard_normal((1, mel_frames * e2e_harness.SAMPLES_PER_FRAME, hift_harness.N_SINES),
                                               dtype=np.float32),
     })
+    out["e2e/f0"] = hift_harness.f0_track(mel_frames, rng)
     return out
 
 
@@ -177,13 +182,29 @@ def run_e2e(model_dir: Path, inputs: dict, voice: Voice) -> dict:
     rec["wav"] = audio.samples
     rec["steps"] = len(probs)
     rec["n_timesteps"] = tts.s3gen.flow.cfg.n_timesteps
+    rec["voiced_wav"] = np.array(s3gen_inference(rec["s3gen_tokens"], voice, **noise, f0=mx.array(inputs["e2e/f0"])))
     return rec
 
 
-def compare_e2e(ref: dict, ours: dict, size: str, prefix: str) -> list:
+def voiced_check(ref_wav: np.ndarray, wav: np.ndarray, name: str) -> dict:
+    """The injected-F0 waveform, as hift_harness judges its `voiced` scenario without float64."""
+    wav_ref = np.asarray(ref_wav, np.float32).reshape(-1)
+    wav = np.asarray(wav, np.float32).reshape(-1)
+    inside = np.abs(wav_ref) < hift_harness.CLIP_LEVEL
+    snr, snr_in = snr_db(wav_ref, wav), (snr_db(wav_ref[inside], wav[inside]) if inside.any() else None)
+    floor = hift_harness.TOLERANCES["full"]["snr_db"]
+    return {"name": name, "max_abs_err": float(np.abs(wav_ref - wav).max()), "max_rel_err": None,
+            "snr_db": snr, "snr_db_unclipped": snr_in, "clipped_fraction": float(1 - np.mean(inside)),
+            "samples": int(wav.size), "tolerance": f"snr and unclipped snr >= {floor:g} dB",
+            "ok": wav.shape == wav_ref.shape and min(snr, np.inf if snr_in is None else snr_in) >= floor}
+
+
+def compare_e2e(ref: dict, ours: dict, size: str, prefix: str, voiced_ref: dict = None) -> list:
     # inference_turbo strips the final EOS from what it returns; the step that sampled it still ran.
     ref = {**ref, "tokens": np.append(ref["tokens"], 6562)}
     checks = e2e_harness.compare(ref, ours, size, prefix, min_p=0.0)
+    if voiced_ref is not None:
+        checks.append(voiced_check(voiced_ref["wav"], ours["voiced_wav"], f"{prefix}.wav_injected_f0"))
     steps = int(ref["n_cfm_timesteps"])
     checks.append({"name": f"{prefix}.flow_steps", "max_abs_err": float(abs(ours["n_timesteps"] - steps)),
                    "max_rel_err": None, "tolerance": 0, "ok": ours["n_timesteps"] == steps == 2})
@@ -255,7 +276,9 @@ def run_and_compare(model_dir: Path, inputs: dict, ref: dict, seed: int, size: s
         r = sub(ref, f"t3/{mode}/")
         ours = run_t3(model_dir, inputs, voice, mode, r["tokens"])
         checks += compare_t3(r, ours, size, f"turbo.{size}.{variant}.t3.{mode}")
-    checks += compare_e2e(sub(ref, "e2e/"), run_e2e(model_dir, inputs, voice), size, f"turbo.{size}.{variant}.e2e")
+    voiced = sub(ref, "e2e_voiced/") or None
+    checks += compare_e2e(sub(ref, "e2e/"), run_e2e(model_dir, inputs, voice), size, f"turbo.{size}.{variant}.e2e",
+                          voiced)
     if any(k.startswith("voice/") for k in ref):
         checks += compare_voice(sub(ref, "voice/"), run_voice(model_dir, clip), f"turbo.{size}.{variant}.voice")
     return checks
@@ -321,6 +344,8 @@ def turbo_checks(size: str, variant: str, seed: int, work: Path, write_fixtures:
             for k in ("logits", "probs"):
                 fx[f"ref/t3/{mode}/{k}"] = ref[f"t3/{mode}/{k}"][: parity.FIXTURE_STEPS]
         fx["ref/e2e/probs"] = ref["e2e/probs"][:PROBS_STEPS]
+        if "e2e_voiced/wav" in ref:  # float16 keeps the fixture small (rounding ~2e-4: SNR ~65 dB)
+            fx["ref/e2e_voiced/wav"] = ref["e2e_voiced/wav"].astype(np.float16)
         for k in [k for k in fx if k.startswith("ref/voice/")]:
             del fx[k]
         fx.update({f"ref/voice/{k}": v for k, v in compact_voice(sub(ref, "voice/")).items()})
