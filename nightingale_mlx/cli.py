@@ -87,6 +87,11 @@ def _speak(args) -> None:
                              watermark=not args.no_watermark, **sampling)
     finally:
         bar.close()
+    _deliver(args, audio, out)
+
+
+def _deliver(args, audio, out) -> None:
+    """speak / vc: write OUT, report (a line, or --json), then --play."""
     audio.save(out, float32=args.float)
     if args.json:
         print(json.dumps({"output": str(out), "sample_rate": audio.sample_rate, **audio.info}))
@@ -224,18 +229,7 @@ def _vc(args) -> None:
         audio = tts.convert_voice(wav16, args.voice, seed=args.seed, sample_rate=16000, progress=piece,
                                   watermark=not args.no_watermark)
         bar.update(bar.total - bar.n)
-    audio.save(out, float32=args.float)
-    if args.json:
-        print(json.dumps({"output": str(out), "sample_rate": audio.sample_rate, **audio.info}))
-    else:
-        print(f"nightingale: wrote {out} ({audio.duration:.2f} s, RTF {audio.info['rtf']:.2f})", file=sys.stderr)
-    if args.play:
-        from .audio.clip import PlaybackError
-
-        try:
-            audio.play()
-        except PlaybackError as e:
-            print(f"nightingale: {e}; the audio is in {out}", file=sys.stderr)
+    _deliver(args, audio, out)
 
 
 def _voice(args) -> None:

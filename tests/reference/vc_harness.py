@@ -78,7 +78,9 @@ def run_ours(model_dir: Path, inputs: dict, inject_f0: bool, source: Path = SOUR
     return rec
 
 
-def compare(ref: dict, ours: dict, size: str, prefix: str, n_steps: int) -> list:
+def compare(ref: dict, ours: dict, size: str, prefix: str, n_steps: int, wav_is_figure: bool = False) -> list:
+    """`wav_is_figure`: downstream of a predicted F0 the waveform SNR is a figure (the phase
+    integrates the F0's own fp32 rounding, as in hift_harness); the injected-F0 run decides."""
     tol, t = TOLERANCES[size], cloning_harness.TOLERANCES
     checks = []
     if "source16" in ref:
@@ -100,6 +102,11 @@ def compare(ref: dict, ours: dict, size: str, prefix: str, n_steps: int) -> list
                                    samples=n, cut_samples=int(wav_ref.size - n))
     check["ok"] = check["ok"] and 0 <= wav_ref.size - n < 960  # the cut is under one token
     checks.append(check)
+    if wav_is_figure:
+        for c in checks[-2:]:
+            c["passes_fp32_bound"] = c["ok"]
+            c["tolerance"] = "figure only (predicted F0); the injected-F0 run decides"
+            c["ok"] = c["max_abs_err"] is not None and bool(np.isfinite(c["snr_db"])) and 0 <= wav_ref.size - n < 960
     checks.append({"name": f"{prefix}.flow_steps", "max_abs_err": float(abs(ours["n_timesteps"] - n_steps)),
                    "max_rel_err": None, "tolerance": 0, "ok": ours["n_timesteps"] == n_steps})
     return checks
@@ -110,7 +117,8 @@ def run_and_compare(model_dir: Path, inputs: dict, ref: dict, size: str, variant
     for name in RUNS:
         ours = run_ours(model_dir, inputs, inject_f0=name == "f0")
         r = {k[len(name) + 1:]: v for k, v in ref.items() if k.startswith(f"{name}/")}
-        checks += compare(r, ours, size, f"vc.{size}.{variant}.{name}", int(ref["n_cfm_timesteps"]))
+        checks += compare(r, ours, size, f"vc.{size}.{variant}.{name}", int(ref["n_cfm_timesteps"]),
+                          wav_is_figure=name != "f0")
     return checks
 
 
