@@ -111,7 +111,8 @@ def main(argv=None):
     fastest = min(recipes, key=lambda r: ours[r]["total_s"])
     # The reference cannot stream: our first audio is compared with its time to the whole audio.
     stream = [run("bench.worker", [models[fastest], *common[:1], "stream", *common[2:]]) for _ in range(args.pairs)]
-    ours[fastest]["ttfa_s"] = median(stream, "ttfa_s")
+    ours[fastest]["ttfa_s"] = median(stream, "ttfa_s")  # a voice's first sentence
+    ours[fastest]["ttfa_warm_s"] = median(stream, "ttfa_warm_s")  # later ones: its prefix is stored
     bandwidth = copy_bandwidth_gbs()
     result = {
         "machine": {**machine(), "copy_bandwidth_gbs": bandwidth},
@@ -124,6 +125,7 @@ def main(argv=None):
             "s3gen_time": ours[fastest]["s3gen_s"] / ref["s3gen_s"],
             "e2e_time": ours[fastest]["total_s"] / ref["total_s"],
             "ttfa_vs_ref_total": ours[fastest]["ttfa_s"] / ref["total_s"],
+            "ttfa_warm_vs_ref_total": ours[fastest]["ttfa_warm_s"] / ref["total_s"],
             **({"peak_memory_q4": ours["q4"]["peak_rss_mb"] / ref["peak_rss_mb"]} if "q4" in ours else {}),
         },
     }

@@ -101,28 +101,52 @@ def test_exp_matches_mlx():
 
 
 @pytest.mark.parametrize("backbone", ["llama", "gpt2"])
-def test_t3_decode_attention_matches_mlx_lm(backbone):
-    """T3's one-query decode steps (Llama and GPT-2 backbones) attend over the cache in numpy;
-    prefill and the cache itself stay mlx-lm's."""
+def test_t3_cpu_attention_matches_mlx_lm(backbone):
+    """T3's attention over its KV cache (Llama and GPT-2 backbones) runs in numpy on the CPU: the
+    prefill (causal, many rows), a second many-row chunk after it, and one-query decode steps."""
     from mlx_lm.models.cache import KVCache
     from mlx_lm.models.gpt2 import Attention as GPT2Attention
     from mlx_lm.models.llama import Attention as LlamaAttention
 
     from nightingale_mlx.config import T3Config
-    from nightingale_mlx.models.t3 import T3, DecodeAttention, GPT2DecodeAttention
+    from nightingale_mlx.models.t3 import T3, CpuAttention, GPT2CpuAttention
 
     cfg = T3Config(backbone=backbone, hidden_size=128, num_hidden_layers=1, num_attention_heads=2,
                    num_key_value_heads=2, intermediate_size=256)
     layer = T3(cfg).tfmr.layers[0]
-    attn, fast, base = ((layer.attn, GPT2DecodeAttention, GPT2Attention) if backbone == "gpt2"
-                        else (layer.self_attn, DecodeAttention, LlamaAttention))
+    attn, fast, base = ((layer.attn, GPT2CpuAttention, GPT2Attention) if backbone == "gpt2"
+                        else (layer.self_attn, CpuAttention, LlamaAttention))
     assert type(attn) is fast
     ours, theirs = KVCache(), KVCache()
-    x = mx.random.normal((1, 6, 128), key=mx.random.key(4))
-    np.testing.assert_array_equal(np.array(attn(x, "causal", ours)), np.array(base.__call__(attn, x, "causal", theirs)))
-    for step in range(3):
-        x = mx.random.normal((1, 1, 128), key=mx.random.key(5 + step))
-        got, want = attn(x, None, ours), base.__call__(attn, x, None, theirs)
+    for step, rows in enumerate([6, 3, 1, 1, 1]):  # prefill, a chunk over a filled cache, decode steps
+        x = mx.random.normal((1, rows, 128), key=mx.random.key(4 + step))
+        mask = "causal" if rows > 1 else None
+        got, want = attn(x, mask, ours), base.__call__(attn, x, mask, theirs)
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=2e-6)
-    assert ours.offset == theirs.offset == 9
-    np.testing.assert_array_equal(np.array(ours.keys[..., :9, :]), np.array(theirs.keys[..., :9, :]))
+    assert ours.offset == theirs.offset == 12
+    np.testing.assert_array_equal(np.array(ours.keys[..., :12, :]), np.array(theirs.keys[..., :12, :]))
+
+
+def test_gelu_tanh_matches_mlx():
+    """GPT-2's tanh GELU in numpy equals MLX's gelu_approx to float32 rounding, over the range
+    where tanh saturates, and keeps the input's dtype."""
+    from nightingale_mlx.models.cpu_kernels import gelu_tanh
+
+    x = mx.linspace(-12, 12, 100_001)
+    np.testing.assert_allclose(np.array(gelu_tanh(x)), np.array(nn.gelu_approx(x)), rtol=2e-6, atol=2e-7)
+    assert gelu_tanh(x.astype(mx.float16)).dtype == mx.float16
+
+
+def test_snake_matches_mlx():
+    """HiFT's Snake in numpy equals the compiled MLX one (Metal's) in fp32 and fp16, large
+    arguments and near-zero alphas included."""
+    from nightingale_mlx.models.hift import SNAKE_EPS, _snake
+    from nightingale_mlx.models.cpu_kernels import snake
+
+    x = mx.random.normal((2, 300, 64), key=mx.random.key(0)) * 20
+    alpha = mx.concatenate([mx.array([0.0, 1e-6, 50.0]), mx.random.uniform(0.1, 3, (61,), key=mx.random.key(1))])
+    for dtype in (mx.float32, mx.float16):
+        got, want = snake(x.astype(dtype), alpha.astype(dtype), SNAKE_EPS), _snake(x.astype(dtype), alpha.astype(dtype))
+        assert got.dtype == want.dtype == dtype
+        np.testing.assert_allclose(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)),
+                                   rtol=2e-3 if dtype == mx.float16 else 1e-5, atol=1e-3 if dtype == mx.float16 else 2e-5)

@@ -116,7 +116,7 @@ def test_decode_attention_matches_mlx_lm(model):
 
     attn = model.tfmr.layers[0].self_attn
     D = model.cfg.hidden_size
-    # The private attributes of mlx-lm's Attention that DecodeAttention and the analyzer read.
+    # The private attributes of mlx-lm's Attention that CpuAttention and the analyzer read.
     assert (attn.n_heads, attn.n_kv_heads) == (model.cfg.num_attention_heads, model.cfg.num_key_value_heads)
     assert attn.scale == pytest.approx((D // attn.n_heads) ** -0.5)
     assert all(callable(getattr(attn, p)) for p in ("q_proj", "k_proj", "v_proj", "o_proj", "rope"))
@@ -129,3 +129,40 @@ def test_decode_attention_matches_mlx_lm(model):
         got, want = attn(x, None, ours), Attention.__call__(attn, x, None, theirs)
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-4, atol=1e-5)
     assert ours.offset == theirs.offset == 12
+
+
+@pytest.mark.parametrize("backbone", ["llama", "gpt2"])
+def test_prefix_keys_and_values_are_reused_exactly(model, backbone):
+    """With a `prefix` dict, the first call stores the conditioning rows' keys and values and later
+    calls prefill the text rows only: every step's logits equal a full prefill's (CFG, the
+    alignment analyzer's attention rows and GPT-2's absolute positions included), and the stored
+    arrays are not changed by the generations that reuse them."""
+    if backbone == "gpt2":
+        from tests.test_turbo import tiny_gpt2_t3
+
+        model = tiny_gpt2_t3()
+    params = SamplingParams(max_new_tokens=6, temperature=0, repetition_penalty=1.2,
+                            cfg_weight=0.5 if backbone == "llama" else 0.0)
+    cond = voice(model) if backbone == "llama" else model.condition(mx.ones((1, 256)), mx.array([[3, 1, 4, 1, 5]]), 0.5)
+
+    def run(prefix):
+        seen = []
+
+        def sampler(logits):
+            seen.append(np.array(logits))
+            return mx.argmax(logits, axis=-1)
+
+        tokens = list(model.inference(cond, TEXT, params, sampler=sampler, prefix=prefix,
+                                      alignment_analyzer=backbone == "llama"))
+        return tokens, seen
+
+    full_tokens, full_logits = run(None)
+    prefix = {}
+    for attempt in range(3):  # computed and stored, then reused twice
+        tokens, logits = run(prefix)
+        assert tokens == full_tokens
+        for a, b in zip(logits, full_logits):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    batch = 2 if backbone == "llama" else 1
+    assert list(prefix) == [batch] and len(prefix[batch]) == len(model.tfmr.layers)
+    assert prefix[batch][0][0].shape[2] == cond.shape[1]

@@ -1,12 +1,13 @@
-"""S3Gen's attention, GELU and exp, and Linear layers, with fast paths for MLX's CPU backend.
+"""S3Gen's and T3's attention, GELU and exp, and Linear layers, with fast paths for MLX's CPU backend.
 
 On the CPU backend MLX evaluates exp and erf one scalar at a time (~20-45 ns per element), and
 S3Gen's CFM spends most of its time in them: the attention softmax over (2, 8, T, T) scores in 56
 transformer blocks per Euler step, and the exact GELU of their feed-forwards. There:
 - attention runs in numpy (SIMD exp), its (batch, head) pairs split over two threads: 4-5x faster
-  than `mx.fast.scaled_dot_product_attention` at S3Gen's shapes (T3 uses it for decode steps);
-- GELU uses a compiled rational erf of arithmetic ops only (abs err <= 4e-7): ~5x faster;
-- Mish's one exp is numpy's;
+  than `mx.fast.scaled_dot_product_attention` at S3Gen's shapes (T3 uses it over its KV cache);
+- GELU uses a compiled rational erf of arithmetic ops only (abs err <= 4e-7): ~5x faster; GPT-2's
+  tanh GELU uses numpy's SIMD tanh;
+- Mish's one exp and HiFT's Snake sin are numpy's;
 - Linear layers compute in fp32 BLAS whatever their stored precision, and decode-sized products
   (a few rows) use numpy's sgemv instead of MLX's sgemm.
 Other devices use MLX's own kernels. `NIGHTINGALE_MLX_NATIVE=1` makes the CPU take them too (the
@@ -15,6 +16,7 @@ branches Metal takes), so CI proves both: `bench/` measures both, the parity tes
 
 import ctypes
 import glob
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -96,16 +98,22 @@ def _numpy_f32(a: mx.array) -> np.ndarray:
     return np.asarray(a if a.dtype == mx.float32 else a.astype(mx.float32))
 
 
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: Optional[mx.array] = None) -> mx.array:
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: Optional[mx.array] = None,
+              causal: bool = False) -> mx.array:
     """softmax(scale q k^T + bias) v for (B, H, Tq, d) queries and (B, H, Tk, d) keys and values;
-    bias broadcasts to (B, H, Tq, Tk). On the CPU the (batch, head) pairs are split over two threads."""
+    bias broadcasts to (B, H, Tq, Tk). `causal`: the queries are the last Tq positions of the keys,
+    each attends to itself and before. On the CPU the (batch, head) pairs are split over two threads."""
     if not on_cpu():
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=bias)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal" if causal else bias)
     B, H, Tq, _ = q.shape  # fp16 flows run in fp32 here
     Tk = k.shape[2]
     qs = (_numpy_f32(q) * np.float32(scale)).reshape(B * H, Tq, -1)
     ks, vs = _numpy_f32(k).reshape(B * H, Tk, -1), _numpy_f32(v).reshape(B * H, Tk, -1)
     bs = None if bias is None else np.broadcast_to(_numpy_f32(bias), (B, H, Tq, Tk)).reshape(B * H, Tq, Tk)
+    if causal and Tq > 1:
+        assert bias is None, "causal attention takes no bias"
+        causal_bias = np.triu(np.full((Tq, Tk), -np.inf, np.float32), k=Tk - Tq + 1)
+        bs = np.broadcast_to(causal_bias, (B * H, Tq, Tk))
     out = np.empty((B * H, Tq, vs.shape[-1]), np.float32)
 
     def part(lo: int, hi: int) -> None:
@@ -125,6 +133,38 @@ def exp(x: mx.array) -> mx.array:
     if not on_cpu() or x.dtype != mx.float32:
         return mx.exp(x)
     return mx.array(np.exp(np.array(x)))
+
+
+def gelu_tanh(x: mx.array) -> mx.array:
+    """GPT-2's tanh-approximated GELU (torch's gelu_new, MLX's gelu_approx), in the reference's
+    operation order; numpy's SIMD tanh on the CPU (MLX's took ~22 ms per GPT-2 medium layer at
+    214 rows, this ~2 ms)."""
+    if not on_cpu():
+        return nn.gelu_approx(x)
+    a = _numpy_f32(x)
+    t = a * a
+    t *= a
+    t *= 0.044715
+    t += a
+    t *= math.sqrt(2.0 / math.pi)  # a Python float: float32 arithmetic, as torch's
+    np.tanh(t, out=t)
+    t += 1.0
+    t *= a
+    t *= 0.5
+    return mx.array(t).astype(x.dtype)
+
+
+def snake(x: mx.array, alpha: mx.array, eps: float) -> mx.array:
+    """HiFT's Snake, x + 1/(alpha + eps) * sin^2(alpha x) per channel (last axis), in fp32 numpy:
+    MLX's CPU sin runs one scalar at a time (~120 ms of a 270 ms HiFT call at 18 frames)."""
+    xf = _numpy_f32(x)
+    a = _numpy_f32(alpha)
+    t = xf * a
+    np.sin(t, out=t)
+    np.square(t, out=t)
+    t *= 1.0 / (a + np.float32(eps))
+    t += xf
+    return mx.array(t).astype(x.dtype)
 
 
 # Rational approximation of erf on [-4, 4] (erf is 1 to fp32 precision beyond): x P(x^2) / Q(x^2).

@@ -14,6 +14,7 @@ import numpy as np
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 from mlx_lm.models.gpt2 import Attention as GPT2Attention
+from mlx_lm.models.gpt2 import MLP as GPT2MLP
 from mlx_lm.models.gpt2 import GPT2Model
 from mlx_lm.models.gpt2 import ModelArgs as GPT2Args
 from mlx_lm.models.llama import Attention, LlamaModel, ModelArgs
@@ -21,7 +22,7 @@ from mlx_lm.models.llama import Attention, LlamaModel, ModelArgs
 from ..alignment import AlignmentStreamAnalyzer
 from ..config import T3Config
 from ..sampling import SamplingParams, apply_cfg, make_sampler, process_logits
-from .cpu_kernels import attention, on_cpu
+from .cpu_kernels import attention, gelu_tanh, on_cpu
 from .perceiver import Perceiver
 
 
@@ -61,42 +62,46 @@ class T3CondEnc(nn.Module):
         return mx.concatenate(parts, axis=1)  # (B, 34, D); GPT-2: (B, 1 + prompt, D)
 
 
-def is_cpu_decode_step(x: mx.array, cache: Optional[KVCache]) -> bool:
-    """A one-query step over a KV cache on the CPU: its softmax over the cache runs in numpy
-    (cpu_kernels.attention); MLX's CPU kernels made it ~15% of a Llama decode step."""
-    return x.shape[1] == 1 and cache is not None and on_cpu()
-
-
-def decode_step_attention(q: mx.array, k: mx.array, v: mx.array, cache: KVCache, scale: float) -> mx.array:
-    """One query's (B, H, 1, d) q, k, v -> (B, 1, H * d): appends k, v to the cache, attends over it."""
+def cached_attention(q: mx.array, k: mx.array, v: mx.array, cache: KVCache, scale: float) -> mx.array:
+    """(B, H, L, d) q, k, v -> (B, L, H * d): appends k, v to the cache, attends causally over it in
+    numpy (cpu_kernels.attention): MLX's CPU softmax made it ~15% of a Llama decode step, and ~20% of
+    a GPT-2 prefill."""
+    B, _, L, _ = q.shape
     k, v = cache.update_and_fetch(k, v)
-    out = attention(q, k, v, scale)
-    return out.transpose(0, 2, 1, 3).reshape(q.shape[0], 1, -1)
+    out = attention(q, k, v, scale, causal=True)
+    return out.transpose(0, 2, 1, 3).reshape(B, L, -1)
 
 
-class DecodeAttention(Attention):
-    """mlx-lm's Llama attention, except CPU decode steps (decode_step_attention)."""
+class CpuAttention(Attention):
+    """mlx-lm's Llama attention; on the CPU, over a KV cache, its softmax runs in numpy."""
 
     def __call__(self, x: mx.array, mask: Optional[mx.array] = None, cache: Optional[KVCache] = None) -> mx.array:
-        if not is_cpu_decode_step(x, cache) or self.n_kv_heads != self.n_heads:
+        if not on_cpu() or cache is None or self.n_kv_heads != self.n_heads:
             return super().__call__(x, mask, cache)
-        B = x.shape[0]
-        q, k, v = (p(x).reshape(B, 1, self.n_heads, -1).transpose(0, 2, 1, 3)
+        B, L, _ = x.shape
+        q, k, v = (p(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
                    for p in (self.q_proj, self.k_proj, self.v_proj))
         q, k = self.rope(q, offset=cache.offset), self.rope(k, offset=cache.offset)
-        return self.o_proj(decode_step_attention(q, k, v, cache, self.scale))
+        return self.o_proj(cached_attention(q, k, v, cache, self.scale))
 
 
-class GPT2DecodeAttention(GPT2Attention):
-    """mlx-lm's GPT-2 attention (fused c_attn), except CPU decode steps (decode_step_attention)."""
+class GPT2CpuAttention(GPT2Attention):
+    """mlx-lm's GPT-2 attention (fused c_attn); on the CPU, over a KV cache, its softmax runs in numpy."""
 
     def __call__(self, x: mx.array, mask: Optional[mx.array] = None, cache: Optional[KVCache] = None) -> mx.array:
-        if not is_cpu_decode_step(x, cache):
+        if not on_cpu() or cache is None:
             return super().__call__(x, mask, cache)
-        B = x.shape[0]
-        q, k, v = (t.reshape(B, 1, self.n_head, -1).transpose(0, 2, 1, 3)
+        B, L, _ = x.shape
+        q, k, v = (t.reshape(B, L, self.n_head, -1).transpose(0, 2, 1, 3)
                    for t in mx.split(self.c_attn(x), 3, axis=-1))
-        return self.c_proj(decode_step_attention(q, k, v, cache, self.scale))
+        return self.c_proj(cached_attention(q, k, v, cache, self.scale))
+
+
+class GPT2CpuMLP(GPT2MLP):
+    """mlx-lm's GPT-2 feed-forward with cpu_kernels' tanh GELU (numpy's on the CPU)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.c_proj(gelu_tanh(self.c_fc(x)))
 
 
 class Backbone(LlamaModel):
@@ -106,7 +111,7 @@ class Backbone(LlamaModel):
         super().__init__(args)
         del self.embed_tokens
         for layer in self.layers:
-            layer.self_attn.__class__ = DecodeAttention  # same parameters, one overridden __call__
+            layer.self_attn.__class__ = CpuAttention  # same parameters, one overridden __call__
 
 
 class GPT2Backbone(GPT2Model):
@@ -117,7 +122,8 @@ class GPT2Backbone(GPT2Model):
         super().__init__(args)
         del self.wte
         for layer in self.h:
-            layer.attn.__class__ = GPT2DecodeAttention  # same parameters, one overridden __call__
+            layer.attn.__class__ = GPT2CpuAttention  # same parameters, one overridden __call__
+            layer.mlp.__class__ = GPT2CpuMLP
 
     @property
     def layers(self):
@@ -263,12 +269,15 @@ class T3(nn.Module):
         key: Optional[mx.array] = None,
         sampler=None,
         alignment_analyzer: bool = False,
+        prefix: Optional[dict] = None,
     ) -> Iterator[int]:
         """Yields speech tokens until EOS (not yielded) or `params.max_new_tokens`.
 
         Per step, in the reference's order: CFG combine, alignment analyzer (optional), then
         `params.order`'s processors (sampling.process_logits), sample. `sampler(logits) -> (1,) token`
-        overrides the random sampler (parity tests inject one).
+        overrides the random sampler (parity tests inject one). `prefix`: a dict the caller keeps
+        for this `cond` (TTS: per voice and exaggeration); the backbone's keys and values over the
+        conditioning rows are stored in it on first use, and later prefills run the text rows only.
         """
         cfg = self.cfg
         use_cfg = params.cfg_weight > 0
@@ -284,8 +293,19 @@ class T3(nn.Module):
         vocab = mx.arange(V)
         seen = vocab == cfg.start_speech_token  # repetition penalty covers BOS too
         cache = self.make_cache()
-
-        hidden, align = self(embeds, cache, text_end if analyzer else None)
+        stored = prefix.get(batch) if prefix is not None else None
+        start = 0
+        if stored is not None:  # the conditioning rows' keys and values, from an earlier call
+            for c, (k, v) in zip(cache, stored):
+                c.update_and_fetch(k, v)
+            start = text_start
+        hidden, align = self(embeds[:, start:], cache, text_end - start if analyzer else None)
+        if prefix is not None and stored is None:
+            # Causal and absolute positions: the first rows of a full prefill are the prefix's. Copies
+            # (contiguous), so the cache buffers keep being updated in place.
+            prefix[batch] = [(mx.contiguous(c.keys[..., :text_start, :]), mx.contiguous(c.values[..., :text_start, :]))
+                             for c in cache]
+            mx.eval(prefix[batch])
         last = cfg.start_speech_token
         for step in range(params.max_new_tokens):
             logits = self.logits(hidden)
