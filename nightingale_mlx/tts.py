@@ -5,6 +5,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -32,6 +33,7 @@ TURBO_SAMPLING = dict(temperature=0.8, top_k=1000, top_p=0.95, repetition_penalt
 TURBO_UNSUPPORTED = ("cfg_weight", "min_p")  # the reference warns and ignores them
 # Trailing silence below this level (relative to the peak) is trimmed, keeping a short tail.
 SILENCE_TOP_DB, SILENCE_TAIL_S = 40.0, 0.1
+VOICES_KEPT = 4  # loaded voices, and T3 conditionings (a Turbo voice's stored prefix: ~30-75 MB fp32)
 
 
 def _serialized(method):
@@ -99,8 +101,10 @@ class TTS:
         self.s3gen = model_io.load_s3gen(self.model_dir, self.config)
         self.tokenizer = Tokenizer.from_model_dir(self.model_dir, self.config.text)
         self._cloning = None
-        self._default_voice = None
-        self._cond_cache = None  # (voice, exaggeration, conditioning tokens, T3's prefix keys/values)
+        # Voices by file (path, size, mtime) and T3's conditioning per (voice, exaggeration), a few
+        # of each: repeated requests with one voice skip loading, cloning and most of the prefill.
+        self._voices = OrderedDict()
+        self._conds = OrderedDict()
         self._watermarker = None  # loaded on first use; False: none found (warned once)
         self._lock = threading.RLock()  # see running()
         # MLX streams are per thread (0.31.2+): an array made on one thread's stream cannot be
@@ -140,26 +144,36 @@ class TTS:
         if isinstance(voice, Voice):
             return voice
         if voice is None:
-            if self._default_voice is None:
-                self._default_voice = Voice.load(self.model_dir / DEFAULT_VOICE)
-            return self._default_voice
+            return self._voice_file(self.model_dir / DEFAULT_VOICE)
         named = self.model_dir / "voices" / f"{voice}.safetensors"
         if named.is_file():
-            return Voice.load(named)
+            return self._voice_file(named)
         path = Path(voice)
         if not path.exists():
             raise VoiceError(f"{voice}: no such voice file, and no voice of that name in {self.model_dir / 'voices'}")
-        return Voice.load(path) if path.suffix == ".safetensors" else self.prepare_voice(path)
+        return self._voice_file(path)
+
+    def _voice_file(self, path: Path) -> Voice:
+        """A baked voice (.safetensors) loaded, or reference audio cloned; again only if the file changed."""
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._voices:
+            load = Voice.load if path.suffix == ".safetensors" else self.prepare_voice
+            _remember(self._voices, key, load(path), VOICES_KEPT)
+        self._voices.move_to_end(key)
+        return self._voices[key]
 
     def _condition(self, voice: Voice, exaggeration: float) -> Tuple[mx.array, dict]:
         """T3's conditioning tokens for the voice, and the dict where T3 keeps its backbone's keys
         and values over them (T3.inference's `prefix`): a voice's later sentences and requests
         skip that part of the prefill (375 of ~440 rows for a Turbo voice)."""
-        cached = self._cond_cache
-        if cached is None or cached[0] is not voice or cached[1] != float(exaggeration):
+        key = (id(voice), float(exaggeration))
+        cached = self._conds.get(key)
+        if cached is None or cached[0] is not voice:  # an id can be reused once its voice is gone
             cond = self.t3.condition(voice.speaker_emb, voice.prompt_tokens, exaggeration)
-            self._cond_cache = cached = (voice, float(exaggeration), cond, {})
-        return cached[2], cached[3]
+            cached = _remember(self._conds, key, (voice, cond, {}), VOICES_KEPT)
+        self._conds.move_to_end(key)
+        return cached[1], cached[2]
 
     # --- finishing: the last step of every output path ---------------------------------------
 
@@ -395,6 +409,14 @@ class TTS:
 
 
 _WARNED = set()
+
+
+def _remember(cache: OrderedDict, key, value, size: int):
+    """Stores `value` in an LRU dict of `size` entries; returns it."""
+    cache[key] = value
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return value
 
 
 def _warn_once(message: str) -> None:

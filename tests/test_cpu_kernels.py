@@ -150,3 +150,39 @@ def test_snake_matches_mlx():
         assert got.dtype == want.dtype == dtype
         np.testing.assert_allclose(np.array(got.astype(mx.float32)), np.array(want.astype(mx.float32)),
                                    rtol=2e-3 if dtype == mx.float16 else 1e-5, atol=1e-3 if dtype == mx.float16 else 2e-5)
+
+
+def test_gpt2_numpy_decode_step_matches_mlx_lm():
+    """The GPT-2 stack's numpy decode step equals mlx-lm's blocks (NIGHTINGALE_MLX_NATIVE's path):
+    steps after a prefill, across the cache's growth (256 rows), cache contents included."""
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from nightingale_mlx.config import T3Config
+    from nightingale_mlx.models import cpu_kernels
+    from nightingale_mlx.models.t3 import T3
+    from tests.reference.weights import random_state_dict
+
+    cfg = T3Config(backbone="gpt2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=4, text_vocab_size=300, speech_vocab_size=6563, learned_input_pos=False,
+                   use_perceiver=False, emotion_adv=False, speech_head_bias=True, repeat_bos=False,
+                   bos_always_penalised=False, prefill_token_stops=False, alignment_heads=[])
+    model = T3(cfg)
+    spec = [(k, v.shape) for k, v in tree_flatten(model.parameters())]
+    model.update(tree_unflatten([(k, mx.array(v)) for k, v in random_state_dict(spec, 5).items()]))
+    prefill = mx.random.normal((1, 250, 64), key=mx.random.key(0))
+    ours, theirs = model.make_cache(), model.make_cache()
+    model(prefill, ours)
+    model(prefill, theirs)
+    for step in range(10):
+        x = mx.random.normal((1, 1, 64), key=mx.random.key(step + 1))
+        got, _ = model(x, ours)
+        cpu_kernels.MLX_NATIVE = True
+        try:
+            want, _ = model(x, theirs)
+        finally:
+            cpu_kernels.MLX_NATIVE = False
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=2e-5)
+    assert ours[0].offset == theirs[0].offset == 260 and ours[0].keys.shape[2] == 512
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(np.array(a.keys[..., :260, :]), np.array(b.keys[..., :260, :]), rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose(np.array(a.values[..., :260, :]), np.array(b.values[..., :260, :]), rtol=1e-5, atol=2e-5)

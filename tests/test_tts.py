@@ -35,6 +35,21 @@ def test_cloned_voice_round_trips_and_is_used(tts, tmp_path, fixtures_dir):
     assert np.array_equal(a.samples, b.samples) and not np.array_equal(a.samples, d.samples)
 
 
+def test_voices_and_their_t3_prefix_are_kept_between_requests(tts, tmp_path, fixtures_dir):
+    """A voice file is loaded (a clip cloned) once while it is unchanged, and a voice's second
+    request reuses T3's stored conditioning keys/values: the audio is bit-identical to the first's."""
+    path = tts.prepare_voice(fixtures_dir / "audio" / "speech_odd.flac").save(tmp_path / "v.safetensors")
+    voice = tts.resolve_voice(str(path))
+    assert tts.resolve_voice(str(path)) is voice and tts.resolve_voice(None) is tts.resolve_voice(None)
+    first = tts.generate("Short test.", voice=str(path), seed=2, max_new_tokens=10)
+    (_, prefix), = [(k, c[2]) for k, c in tts._conds.items() if c[0] is voice]
+    assert prefix  # stored by the first request
+    again = tts.generate("Short test.", voice=str(path), seed=2, max_new_tokens=10)
+    assert np.array_equal(first.samples, again.samples)
+    os.utime(path, ns=(0, 0))  # the file changed: loaded again
+    assert tts.resolve_voice(str(path)) is not voice
+
+
 def test_bad_input_is_refused(tts):
     with pytest.raises(ValueError, match="empty"):
         tts.generate("   ")

@@ -141,7 +141,11 @@ def gelu_tanh(x: mx.array) -> mx.array:
     214 rows, this ~2 ms)."""
     if not on_cpu():
         return nn.gelu_approx(x)
-    a = _numpy_f32(x)
+    return mx.array(gelu_tanh_numpy(_numpy_f32(x))).astype(x.dtype)
+
+
+def gelu_tanh_numpy(a: np.ndarray) -> np.ndarray:
+    """gelu_tanh of a float32 numpy array."""
     t = a * a
     t *= a
     t *= 0.044715
@@ -151,7 +155,7 @@ def gelu_tanh(x: mx.array) -> mx.array:
     t += 1.0
     t *= a
     t *= 0.5
-    return mx.array(t).astype(x.dtype)
+    return t
 
 
 def snake(x: mx.array, alpha: mx.array, eps: float) -> mx.array:
