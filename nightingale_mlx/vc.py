@@ -23,8 +23,7 @@ from typing import Iterator, List, Optional, Union
 import mlx.core as mx
 import numpy as np
 
-from .audio.io import AudioError, check_voice_audio, load_audio
-from .audio.resample import resample_soxr
+from .audio.io import load_checked
 from .config import DEC_COND_SECONDS, S3_SR, S3GEN_SR
 from .voice import embed_ref, load_reference
 
@@ -60,15 +59,7 @@ def target_prompt(models, wav_or_path, sample_rate: Optional[int] = None) -> Gen
 def load_source(source: Union[str, Path, np.ndarray], sample_rate: Optional[int] = None) -> np.ndarray:
     """A path, or samples with their sample_rate -> validated float32 mono at 16 kHz
     (`librosa.load(source, sr=16000)`, soxr_hq, as vc.py)."""
-    if isinstance(source, (str, Path)):
-        wav, sr = load_audio(source)
-        name = f"source {source}"
-    else:
-        if sample_rate is None:
-            raise AudioError("pass sample_rate with a sample array")
-        wav, sr, name = source, int(sample_rate), "source audio"
-    wav = check_voice_audio(wav, sr, name, MIN_SOURCE_SECONDS)
-    return resample_soxr(wav, sr, S3_SR)
+    return load_checked(source, sample_rate, S3_SR, MIN_SOURCE_SECONDS, "source audio", path_prefix="source ")
 
 
 def cut_points(wav16: np.ndarray, max_s: float = PIECE_MAX_S, min_s: float = PIECE_MIN_S) -> List[int]:
