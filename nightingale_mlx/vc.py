@@ -130,23 +130,22 @@ def stream_chunks(tts, pieces: Iterator[np.ndarray], prompt, key, total: int, fi
     """TTS.stream_convert_voice's generator: the pieces' tokens, as each piece is tokenized, go
     through streaming.stream_tokens (TTS.stream's streamer); the audio is cut to `total` samples
     and passes through `finisher` (TTS.finisher), as TTS.stream's chunks do."""
-    from .streaming import AudioChunk, stream_tokens
+    from .streaming import finished, stream_tokens
 
     t0 = time.perf_counter()
     tokens = itertools.chain.from_iterable(p.tolist() for p in pieces)
     chunks = stream_tokens(tts.s3gen, tokens, prompt, key=key, first_chunk_tokens=first_chunk_tokens,
                            chunk_tokens=chunk_tokens, config=config, clock_start=t0)
-    emitted, index = 0, 0
+    yield from finished(cut_chunks(chunks, total), tts.sample_rate, finisher, t0)
+
+
+def cut_chunks(chunks: Iterator[tuple], total: int) -> Iterator[tuple]:
+    """stream_tokens' (samples, ...) tuples with the audio cut to `total` samples in all; closes `chunks`."""
+    emitted = 0
     try:
-        for samples, final, tokens_ready, audio_ready in chunks:
+        for samples, *rest in chunks:
             samples = samples[: max(0, total - emitted)]
             emitted += len(samples)
-            if finisher is not None:
-                samples = finisher.push(samples, last=final)
-                if not len(samples) and not final:
-                    continue
-                audio_ready = time.perf_counter() - t0
-            yield AudioChunk(samples, tts.sample_rate, index, final, tokens_ready, audio_ready)
-            index += 1
+            yield (samples, *rest)
     finally:
         chunks.close()
