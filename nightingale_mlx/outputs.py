@@ -1,9 +1,11 @@
 """What every command checks before it loads a model: its input text and its output path.
 
 One rule for all commands: an output's directory must already exist and be writable (nothing is
-created for you), and an existing output is replaced only with --force.
+created for you), and an existing output is replaced only with --force. Also the SHA-256 that
+the batch manifest and the iOS bundle's record of each file they wrote.
 """
 
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -53,6 +55,15 @@ def check_output_dir(path, force: bool) -> Path:
         raise OutputError(f"{path} is a file, not a directory")
     _check_parent(path)
     return path
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_text(text, file) -> str:
