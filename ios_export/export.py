@@ -14,7 +14,6 @@ Bundle layout:
     tokenizer files           copied from the model dir, with the text section of config.json
 """
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ import mlx.core as mx
 
 from nightingale_mlx import model_io
 from nightingale_mlx.config import PROFILES
+from nightingale_mlx.outputs import file_sha256
 from nightingale_mlx.sampling import SamplingParams
 from nightingale_mlx.streaming import StreamConfig
 
@@ -72,17 +72,9 @@ class ExportError(ValueError):
     """The bundle cannot be written as asked."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def file_hashes(bundle: Path) -> dict:
     """sha256 of every file in the bundle except the manifest, by relative path."""
-    return {str(p.relative_to(bundle)): _sha256(p) for p in sorted(bundle.rglob("*"))
+    return {str(p.relative_to(bundle)): file_sha256(p) for p in sorted(bundle.rglob("*"))
             if p.is_file() and p.name != MANIFEST}
 
 

@@ -10,11 +10,12 @@ import re
 import sys
 from pathlib import Path
 
-from . import __version__, blas, progress
+from . import __version__, blas, cli_commands, progress
 from .config import VARIANTS
 from .outputs import AUDIO_FORMATS, check_output_dir, check_output_file, read_text
 
 VOICE_FORMATS = (".safetensors",)
+FORCE_HELP = "replace OUT if it exists (every command refuses to otherwise)"
 
 
 class _OncePerRun(logging.Filter):
@@ -159,79 +160,6 @@ def _speak_stream(args, text, out, tts, sampling, show, stream=None) -> None:
               f"{first:.2f} s)", file=sys.stderr)
 
 
-def _batch(args) -> None:
-    """Many items (JSONL, or a book's chapters) -> DIR/<id>.<format> and DIR/manifest.jsonl; resumable."""
-    from .batch import read_items
-    from .batch.runner import BatchError, Job, check_format, local_results, report, run
-
-    items = read_items(args.input)  # before the work, as every input and output check
-    check_format(args.format)
-    out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file; give a directory (it is created, or resumed if it exists)")
-    if not out.exists():
-        check_output_dir(out, force=False)
-    executor = local_results
-    if args.ray is not None:
-        from .batch import ray_backend
-
-        executor = ray_backend.executor(args.ray, args.workers)
-    sampling = ("exaggeration", "temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p", "top_k",
-                "max_new_tokens")
-    defaults = {k: getattr(args, k) for k in ("voice", "language", "seed", *sampling) if getattr(args, k) is not None}
-    name = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model  # for Ray workers too
-    model = {"model": name, "variant": args.variant, "quantize": _recipe(args), "profile": args.profile}
-    if args.model == "synthetic":  # built here once, not by several workers at the same time
-        from .loader import resolve_model
-
-        resolve_model(args.model, args.variant, model["quantize"])
-    job = Job(items, out, args.format, model, defaults, watermark=not args.no_watermark)
-    try:
-        summary = run(job, executor, show=progress.enabled(args.quiet or args.json))
-    except KeyboardInterrupt:
-        print(f"nightingale: interrupted; finished items are kept in {out}; run the same command to resume",
-              file=sys.stderr)
-        sys.exit(130)
-    if args.json:
-        print(json.dumps(summary))
-    elif not args.quiet:
-        report(summary)
-    if summary["failed"]:
-        shown = ", ".join(summary["failed_ids"][:5]) + (", ..." if summary["failed"] > 5 else "")
-        raise BatchError(f"{summary['failed']} of {summary['items']} items failed ({shown}); their errors are in "
-                         f"{summary['manifest']}")
-
-
-def _vc(args) -> None:
-    """vc: the source recording in another voice (TTS.convert_voice), like speak for the rest."""
-    from .vc import load_source
-
-    source = Path(args.source)
-    stem, n = f"{source.stem}-vc", 1
-    default = Path(f"{stem}.wav")
-    while args.output is None and default.exists():
-        n += 1
-        default = Path(f"{stem}-{n}.wav")
-    out = check_output_file(args.output or default, AUDIO_FORMATS, args.force)  # before the work
-    wav16 = load_source(source)  # a bad source is one line before the model loads
-    tts = _load(args)
-    show = progress.enabled(args.quiet or args.json)
-    if args.stream:
-        stream = tts.stream_convert_voice(wav16, args.voice, seed=args.seed, sample_rate=16000,
-                                          watermark=not args.no_watermark)
-        return _speak_stream(args, None, out, tts, None, show, stream=stream)
-    with progress.steps(show, 1, "converting pieces") as bar:
-        def piece(i, n, tokens):
-            bar.total = n
-            bar.update(i - bar.n)
-            bar.set_postfix_str(f"{tokens / 25:.1f} s")
-
-        audio = tts.convert_voice(wav16, args.voice, seed=args.seed, sample_rate=16000, progress=piece,
-                                  watermark=not args.no_watermark)
-        bar.update(bar.total - bar.n)
-    _deliver(args, audio, out)
-
-
 def _voice(args) -> None:
     out = check_output_file(args.out, VOICE_FORMATS, args.force)
     tts = _load(args)
@@ -341,6 +269,16 @@ def _model_args(p) -> None:
                    help="for originals and 'synthetic': fp32|fp16|q8|q4|per-component (default: q8 on Metal, fp32 on CPU)")
 
 
+def _output_args(p, default: str, verb: str, seed_help: str) -> None:
+    """speak / vc: where the audio goes and how it comes (_deliver, _speak_stream read these)."""
+    p.add_argument("-o", "--output", help=f"output .wav (16-bit) or .flac (default: {default})")
+    p.add_argument("--float", action="store_true", help="write a 32-bit float .wav instead of 16-bit PCM")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--play", action="store_true", help="also play the audio (needs the [playback] extra)")
+    p.add_argument("--stream", action="store_true", help=f"{verb} in chunks; with --play, hear it as it comes")
+    p.add_argument("--seed", type=int, help=seed_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --debug and --quiet are accepted before or after the subcommand (SUPPRESS keeps the top-level value).
     common = argparse.ArgumentParser(add_help=False)
@@ -352,7 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or notes")
     sub = p.add_subparsers(dest="command", required=True)
-    force_help = "replace OUT if it exists (every command refuses to otherwise)"
 
     s = sub.add_parser("speak", help="text to speech", parents=[common])
     s.add_argument("text", nargs="?", help="text to speak (or -f FILE, or stdin)")
@@ -360,12 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
     s.add_argument("-l", "--language", default="en", help="language code (en, fr, zh, ...; 23 supported)")
     s.add_argument("--voice", help="reference wav to clone, a baked voice .safetensors, or a voice name")
-    s.add_argument("-o", "--output", help="output .wav (16-bit) or .flac (default: a name from the text)")
-    s.add_argument("--float", action="store_true", help="write a 32-bit float .wav instead of 16-bit PCM")
-    s.add_argument("--force", action="store_true", help=force_help)
-    s.add_argument("--play", action="store_true", help="also play the audio (needs the [playback] extra)")
-    s.add_argument("--stream", action="store_true", help="synthesize in chunks; with --play, hear it as it comes")
-    s.add_argument("--seed", type=int, help="make the output reproducible (byte-identical files)")
+    _output_args(s, "a name from the text", "synthesize", "make the output reproducible (byte-identical files)")
     s.add_argument("--profile", choices=["upstream", "compat-0.1.7"], help="behaviour profile")
     s.add_argument("--exaggeration", type=float, default=0.5)
     s.add_argument("--temperature", type=float)
@@ -400,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=2, help="with --ray: Ray actors, one model each (default 2)")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
     b.add_argument("--no-watermark", action="store_true", help="leave out the Perth watermark (on by default)")
-    b.set_defaults(func=_batch)
+    b.set_defaults(func=cli_commands.batch)
 
 
     vc = sub.add_parser("vc", help="voice conversion: a recording spoken in another voice", parents=[common])
@@ -408,20 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(vc)
     vc.add_argument("--voice", help="target: reference wav, a baked voice .safetensors, or a voice name "
                                     "(default: the model's built-in voice)")
-    vc.add_argument("-o", "--output", help="output .wav (16-bit) or .flac (default: SOURCE-vc.wav)")
-    vc.add_argument("--float", action="store_true", help="write a 32-bit float .wav instead of 16-bit PCM")
-    vc.add_argument("--force", action="store_true", help=force_help)
-    vc.add_argument("--play", action="store_true", help="also play the audio (needs the [playback] extra)")
-    vc.add_argument("--stream", action="store_true", help="convert in chunks; with --play, hear it as it comes")
-    vc.add_argument("--seed", type=int, help="make the output reproducible")
+    _output_args(vc, "SOURCE-vc.wav", "convert", "make the output reproducible")
     vc.add_argument("--json", action="store_true", help="print timings and RTF as JSON")
     vc.add_argument("--no-watermark", action="store_true", help="leave out the Perth watermark (on by default)")
-    vc.set_defaults(func=_vc)
+    vc.set_defaults(func=cli_commands.vc)
 
     v = sub.add_parser("voice", help="clone a voice once and save it for reuse", parents=[common])
     v.add_argument("reference", help="reference recording (any format soundfile reads)")
     v.add_argument("--out", required=True, help="output voice .safetensors")
-    v.add_argument("--force", action="store_true", help=force_help)
+    v.add_argument("--force", action="store_true", help=FORCE_HELP)
     _model_args(v)
     v.set_defaults(func=_voice)
 
@@ -434,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quantize", default="fp32", metavar="RECIPE",
                    help="fp32|fp16|q8|q4, or per component: t3=4,flow=8,hift=16,cloning=16,group=64")
     c.add_argument("--profile", default="upstream", choices=["upstream", "compat-0.1.7"])
-    c.add_argument("--force", action="store_true", help=force_help)
+    c.add_argument("--force", action="store_true", help=FORCE_HELP)
     c.add_argument("--upload-repo", metavar="ORG/NAME", help="also publish the converted model to the hub")
     c.add_argument("--watermark", metavar="FILE",
                    help="Perth watermark checkpoint (perth_net_250000.pth.tar; default: the installed resemble-perth's)")
@@ -463,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HiFT window in mel frames (default 88: 24 context + 14 held back + 50 new)")
     x.add_argument("--cond-slot", type=int, default=None,
                    help="Turbo/Nano: T3 prefill conditioning rows (default 376: speaker + 375 prompt tokens)")
-    x.add_argument("--force", action="store_true", help=force_help)
+    x.add_argument("--force", action="store_true", help=FORCE_HELP)
     x.set_defaults(func=_export_ios)
 
     q = sub.add_parser("quality", help="measure a quantized model against its fp32 conversion", parents=[common])

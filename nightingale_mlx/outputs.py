@@ -1,9 +1,11 @@
 """What every command checks before it loads a model: its input text and its output path.
 
 One rule for all commands: an output's directory must already exist and be writable (nothing is
-created for you), and an existing output is replaced only with --force.
+created for you), and an existing output is replaced only with --force. Also the SHA-256 that
+the batch manifest and the iOS bundle's record of each file they wrote.
 """
 
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -55,26 +57,41 @@ def check_output_dir(path, force: bool) -> Path:
     return path
 
 
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_utf8(path, name: str, directory: str, error: type = ValueError, refuse_binary: bool = False) -> str:
+    """A text file's UTF-8 contents, or one line (`error`) that calls it `name` and says what to do;
+    `directory` ends the line for a directory, `refuse_binary` refuses a file with NUL bytes."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise error(f"{name}: is a directory{directory}") from None
+    except OSError as e:
+        raise error(f"{name}: cannot read it ({e.strerror})") from None
+    if refuse_binary and b"\0" in data:
+        raise error(f"{name}: is a binary file, not text; give a UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{name}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                    "save it as UTF-8") from None
+
+
 def read_text(text, file) -> str:
     """TEXT, or the UTF-8 text of FILE, or stdin when it is piped; exactly one of them."""
     if text is not None and file:
         raise ValueError("give the text or -f FILE, not both")
     if file:
-        path = Path(file)
-        try:
-            data = path.read_bytes()
-            if b"\0" in data:
-                raise ValueError(f"-f {file}: is a binary file, not text; give a UTF-8 text file")
-            return data.decode("utf-8")
-        except FileNotFoundError:
-            raise ValueError(f"-f {file}: no such file") from None
-        except IsADirectoryError:
-            raise ValueError(f"-f {file}: is a directory, not a text file") from None
-        except OSError as e:
-            raise ValueError(f"-f {file}: cannot read it ({e.strerror})") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"-f {file}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                             "save it as UTF-8") from None
+        return read_utf8(file, f"-f {file}", ", not a text file", refuse_binary=True)
     if text is not None:
         return text
     if not sys.stdin.isatty():

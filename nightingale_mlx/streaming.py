@@ -277,33 +277,49 @@ def stream_speech(tts, sentences, language, voice, exaggeration, params, seed, f
     t0 = time.perf_counter()
     key = mx.random.key(seed) if seed is not None else None
     pause = np.zeros(int(SENTENCE_PAUSE_S * tts.sample_rate), np.float32)
+
+    def sentence_chunks():
+        nonlocal key
+        for i, sentence in enumerate(sentences):
+            t3_key = s3_key = None
+            if key is not None:
+                key, t3_key, s3_key = mx.random.split(key, 3)
+            tokens = tts.speech_tokens(sentence, language, voice, exaggeration, params, t3_key, max_new_tokens)
+            options = tts.s3gen_options()
+            # Turbo's silence tokens follow T3's last token, as generate() appends them.
+            padded = itertools.chain(tokens, [S3GEN_SILENCE_TOKEN] * options["silence_tokens"])
+            pieces = stream_tokens(tts.s3gen, padded, voice, key=s3_key, first_chunk_tokens=first_chunk_tokens,
+                                   chunk_tokens=chunk_tokens, config=config,
+                                   drop_last_token=options["drop_last_token"], clock_start=t0)
+            try:
+                for samples, final, tokens_ready, audio_ready in pieces:
+                    last = final and i == len(sentences) - 1
+                    if final:
+                        # The end-of-speech guard can only trim the part not yet handed out.
+                        samples = trim_trailing_silence(samples, tts.sample_rate)
+                        if not last:
+                            samples = np.concatenate([samples, pause])
+                    yield samples, last, tokens_ready, audio_ready
+            finally:
+                pieces.close()  # closes T3's generator too: its KV cache goes with it
+                tokens.close()
+
+    yield from finished(sentence_chunks(), tts.sample_rate, finisher, t0)
+
+
+def finished(chunks: Iterator[tuple], sample_rate: int, finisher, t0: float) -> Iterator[AudioChunk]:
+    """(samples, is_last, tokens_ready_s, audio_ready_s) tuples -> numbered AudioChunks, each passed
+    through `finisher` (TTS.finisher) when there is one: a chunk it holds back entirely is not
+    yielded, and audio_ready_s is taken again (from `t0`) after it. Closes `chunks` when done."""
     index = 0
-    for i, sentence in enumerate(sentences):
-        t3_key = s3_key = None
-        if key is not None:
-            key, t3_key, s3_key = mx.random.split(key, 3)
-        tokens = tts.speech_tokens(sentence, language, voice, exaggeration, params, t3_key, max_new_tokens)
-        options = tts.s3gen_options()
-        # Turbo's silence tokens follow T3's last token, as generate() appends them.
-        padded = itertools.chain(tokens, [S3GEN_SILENCE_TOKEN] * options["silence_tokens"])
-        pieces = stream_tokens(tts.s3gen, padded, voice, key=s3_key, first_chunk_tokens=first_chunk_tokens,
-                               chunk_tokens=chunk_tokens, config=config, drop_last_token=options["drop_last_token"],
-                               clock_start=t0)
-        try:
-            for samples, final, tokens_ready, audio_ready in pieces:
-                last = final and i == len(sentences) - 1
-                if final:
-                    # The end-of-speech guard can only trim the part not yet handed out.
-                    samples = trim_trailing_silence(samples, tts.sample_rate)
-                    if not last:
-                        samples = np.concatenate([samples, pause])
-                if finisher is not None:
-                    samples = finisher.push(samples, last=last)
-                    if not len(samples) and not last:
-                        continue
-                    audio_ready = time.perf_counter() - t0
-                yield AudioChunk(samples, tts.sample_rate, index, last, tokens_ready, audio_ready)
-                index += 1
-        finally:
-            pieces.close()  # closes T3's generator too: its KV cache goes with it
-            tokens.close()
+    try:
+        for samples, last, tokens_ready, audio_ready in chunks:
+            if finisher is not None:
+                samples = finisher.push(samples, last=last)
+                if not len(samples) and not last:
+                    continue
+                audio_ready = time.perf_counter() - t0
+            yield AudioChunk(samples, sample_rate, index, last, tokens_ready, audio_ready)
+            index += 1
+    finally:
+        chunks.close()

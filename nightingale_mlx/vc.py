@@ -23,8 +23,7 @@ from typing import Iterator, List, Optional, Union
 import mlx.core as mx
 import numpy as np
 
-from .audio.io import AudioError, check_voice_audio, load_audio
-from .audio.resample import resample_soxr
+from .audio.io import load_checked
 from .config import DEC_COND_SECONDS, S3_SR, S3GEN_SR
 from .voice import embed_ref, load_reference
 
@@ -60,15 +59,7 @@ def target_prompt(models, wav_or_path, sample_rate: Optional[int] = None) -> Gen
 def load_source(source: Union[str, Path, np.ndarray], sample_rate: Optional[int] = None) -> np.ndarray:
     """A path, or samples with their sample_rate -> validated float32 mono at 16 kHz
     (`librosa.load(source, sr=16000)`, soxr_hq, as vc.py)."""
-    if isinstance(source, (str, Path)):
-        wav, sr = load_audio(source)
-        name = f"source {source}"
-    else:
-        if sample_rate is None:
-            raise AudioError("pass sample_rate with a sample array")
-        wav, sr, name = source, int(sample_rate), "source audio"
-    wav = check_voice_audio(wav, sr, name, MIN_SOURCE_SECONDS)
-    return resample_soxr(wav, sr, S3_SR)
+    return load_checked(source, sample_rate, S3_SR, MIN_SOURCE_SECONDS, "source audio", path_prefix="source ")
 
 
 def cut_points(wav16: np.ndarray, max_s: float = PIECE_MAX_S, min_s: float = PIECE_MIN_S) -> List[int]:
@@ -139,23 +130,22 @@ def stream_chunks(tts, pieces: Iterator[np.ndarray], prompt, key, total: int, fi
     """TTS.stream_convert_voice's generator: the pieces' tokens, as each piece is tokenized, go
     through streaming.stream_tokens (TTS.stream's streamer); the audio is cut to `total` samples
     and passes through `finisher` (TTS.finisher), as TTS.stream's chunks do."""
-    from .streaming import AudioChunk, stream_tokens
+    from .streaming import finished, stream_tokens
 
     t0 = time.perf_counter()
     tokens = itertools.chain.from_iterable(p.tolist() for p in pieces)
     chunks = stream_tokens(tts.s3gen, tokens, prompt, key=key, first_chunk_tokens=first_chunk_tokens,
                            chunk_tokens=chunk_tokens, config=config, clock_start=t0)
-    emitted, index = 0, 0
+    yield from finished(cut_chunks(chunks, total), tts.sample_rate, finisher, t0)
+
+
+def cut_chunks(chunks: Iterator[tuple], total: int) -> Iterator[tuple]:
+    """stream_tokens' (samples, ...) tuples with the audio cut to `total` samples in all; closes `chunks`."""
+    emitted = 0
     try:
-        for samples, final, tokens_ready, audio_ready in chunks:
+        for samples, *rest in chunks:
             samples = samples[: max(0, total - emitted)]
             emitted += len(samples)
-            if finisher is not None:
-                samples = finisher.push(samples, last=final)
-                if not len(samples) and not final:
-                    continue
-                audio_ready = time.perf_counter() - t0
-            yield AudioChunk(samples, tts.sample_rate, index, final, tokens_ready, audio_ready)
-            index += 1
+            yield (samples, *rest)
     finally:
         chunks.close()

@@ -20,7 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .audio.io import check_voice_audio, load_audio
+from .audio.io import load_checked
 from .audio.mel import S3GEN_MEL, mel_spectrogram
 from .audio.resample import resample_sinc, resample_soxr
 from .config import (DEC_COND_SECONDS, ENC_COND_SECONDS, MIN_VOICE_SECONDS, S3_SR, S3GEN_SR, TURBO_PROMPT_TOKENS,
@@ -149,15 +149,7 @@ def load_cloning(model_dir, config_section) -> CloningModels:
 def load_reference(wav_or_path: Union[str, Path, np.ndarray], sample_rate: int = None,
                    min_seconds: float = MIN_VOICE_SECONDS) -> np.ndarray:
     """A path, or (samples, sample_rate), -> validated float32 mono at 24 kHz (librosa.load(sr=24000))."""
-    if isinstance(wav_or_path, (str, Path)):
-        wav, sr = load_audio(wav_or_path)
-        name = str(wav_or_path)
-    else:
-        if sample_rate is None:
-            raise VoiceError("pass sample_rate with a sample array")
-        wav, sr, name = wav_or_path, int(sample_rate), "reference audio"
-    wav = check_voice_audio(wav, sr, name, min_seconds)
-    return resample_soxr(wav, sr, S3GEN_SR)
+    return load_checked(wav_or_path, sample_rate, S3GEN_SR, min_seconds, "reference audio", VoiceError)
 
 
 def normalize_loudness(wav: np.ndarray, sample_rate: int, target_lufs: float = TURBO_LOUDNESS_LUFS) -> np.ndarray:

@@ -5,10 +5,12 @@ does, and accepts any sample rate >= 8 kHz; resampling is `resample.py`'s job.
 """
 
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import soundfile
+
+from .resample import resample_soxr
 
 MIN_SAMPLE_RATE = 8000
 # Peak below this (about -100 dBFS, under 16-bit quantisation) counts as silence.
@@ -80,6 +82,22 @@ def check_voice_audio(wav: np.ndarray, sr: int, name: str = "reference audio",
     if np.abs(wav).max() < SILENCE_PEAK:
         raise AudioError(f"{name}: is silent; use a recording of speech")
     return wav.astype(np.float32, copy=False)
+
+
+def load_checked(wav_or_path: Union[str, Path, np.ndarray], sample_rate: Optional[int], rate: int,
+                 min_seconds: float, name: str, error: type = AudioError, path_prefix: str = "") -> np.ndarray:
+    """A path, or samples with their sample_rate -> validated (`check_voice_audio`) float32 mono at
+    `rate` (soxr_hq, as `librosa.load(sr=rate)`). Errors call samples `name` and a file `path_prefix`
+    + its path; samples without a sample_rate raise `error`."""
+    if isinstance(wav_or_path, (str, Path)):
+        wav, sr = load_audio(wav_or_path)
+        name = f"{path_prefix}{wav_or_path}"
+    else:
+        if sample_rate is None:
+            raise error("pass sample_rate with a sample array")
+        wav, sr = wav_or_path, int(sample_rate)
+    wav = check_voice_audio(wav, sr, name, min_seconds)
+    return resample_soxr(wav, sr, rate)
 
 
 def save_audio(path, samples: np.ndarray, sample_rate: int, float32: bool = False) -> Path:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from ..outputs import read_utf8
+
 SAMPLING_FIELDS = ("exaggeration", "temperature", "cfg_weight", "repetition_penalty", "min_p", "top_p", "top_k",
                    "max_new_tokens")
 ITEM_FIELDS = ("id", "text", "voice", "language", "seed", *SAMPLING_FIELDS)
@@ -137,19 +139,7 @@ def read_chapters(path: Path) -> List[Item]:
 
 
 def _read(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory; give a .jsonl, .txt or .md file") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read it ({e.strerror})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                         "save it as UTF-8") from None
+    return read_utf8(path, str(path), "; give a .jsonl, .txt or .md file", InputError)
 
 
 def read_items(path) -> List[Item]:

@@ -8,11 +8,12 @@ torn, superseded or stale lines, and temp files of a killed run are removed.
 """
 
 import fcntl
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Dict, Iterable, Optional
+
+from ..outputs import file_sha256
 
 MANIFEST = "manifest.jsonl"
 TEMP_PREFIX = ".partial-"
@@ -20,14 +21,6 @@ TEMP_PREFIX = ".partial-"
 
 class BatchLockedError(RuntimeError):
     """Another batch run is writing the same directory."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -77,7 +70,7 @@ class Manifest:
         if not entry or entry.get("status") != "ok" or entry.get("settings", {}).get("request") != request:
             return False
         path = self.dir / str(entry.get("file", ""))
-        return path.is_file() and path.stat().st_size == entry.get("bytes") and sha256(path) == entry.get("sha256")
+        return path.is_file() and path.stat().st_size == entry.get("bytes") and file_sha256(path) == entry.get("sha256")
 
     def start(self, requests: Dict[str, dict]) -> Dict[str, dict]:
         """Cleans up after a killed run; returns the entries of the items in REQUESTS already done."""

@@ -142,11 +142,11 @@ def entry_for(task: dict, result: dict, out_dir: Path) -> dict:
     if "error" in result:
         return {"id": task["id"], "status": "error", "error": result["error"], "settings": settings}
     info = result["info"]
-    from .manifest import sha256
+    from ..outputs import file_sha256
 
     path = out_dir / task["file"]
     return {"id": task["id"], "status": "ok", "file": task["file"], "bytes": path.stat().st_size,
-            "sha256": sha256(path), "duration_s": round(result["samples"] / result["sample_rate"], 4),
+            "sha256": file_sha256(path), "duration_s": round(result["samples"] / result["sample_rate"], 4),
             "samples": result["samples"], "sample_rate": result["sample_rate"], "pieces": info["pieces"],
             "sentences": info["sentences"], "tokens": info["tokens"],
             "timings": {k: round(info[k], 3) for k in ("t3_s", "s3gen_s", "wall_s", "rtf")},

@@ -61,7 +61,7 @@ def create_app(tts, *, voices_dir, api_key=None, max_queue: int = 16, max_upload
                first_chunk_tokens: int = 12, chunk_tokens: int = 25, max_new_tokens=None, model_name: str = "chatterbox"):
     """The server around one loaded TTS (see `nightingale serve`)."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse
 
     voices = VoiceStore(Path(tts.model_dir) / "voices", Path(voices_dir))
     worker = ModelWorker(tts, max_queue)
