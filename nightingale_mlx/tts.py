@@ -144,17 +144,20 @@ class TTS:
         if isinstance(voice, Voice):
             return voice
         if voice is None:
-            return self._voice_file(self.model_dir / DEFAULT_VOICE)
+            return self.voice_file(self.model_dir / DEFAULT_VOICE)
         named = self.model_dir / "voices" / f"{voice}.safetensors"
         if named.is_file():
-            return self._voice_file(named)
+            return self.voice_file(named)
         path = Path(voice)
         if not path.exists():
             raise VoiceError(f"{voice}: no such voice file, and no voice of that name in {self.model_dir / 'voices'}")
-        return self._voice_file(path)
+        return self.voice_file(path)
 
-    def _voice_file(self, path: Path) -> Voice:
-        """A baked voice (.safetensors) loaded, or reference audio cloned; again only if the file changed."""
+    @_serialized
+    def voice_file(self, path: Union[str, Path]) -> Voice:
+        """A baked voice (.safetensors) loaded, or reference audio cloned; again only if the file changed
+        (the last VOICES_KEPT files are kept, and with them T3's stored prefix for each)."""
+        path = Path(path)
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
         if key not in self._voices:

@@ -443,3 +443,16 @@ def test_serve_checks_its_set_up_before_loading_the_model(capsys, monkeypatch, t
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
     assert "pip install 'nightingale-mlx[server]'" in serve_error(capsys)
+
+
+def test_the_server_speaks_with_the_voices_it_warmed_up(tts, tmp_path):
+    """The store loads voices through TTS.voice_file, so the built-in voice a request names is the
+    object `serve`'s warm-up stream used, and its stored T3 prefix is reused by the first request."""
+    from nightingale_mlx.server.voices import VoiceStore
+
+    store = VoiceStore(tts.model_dir / "voices", tmp_path, tts.voice_file)
+    for _ in tts.stream("Hello.", max_new_tokens=4, seed=0):  # serve()'s warm-up
+        pass
+    voice = store.load(store.path("alloy"))
+    assert voice is tts.resolve_voice(None)
+    assert any(c[0] is voice and c[2] for c in tts._conds.values())

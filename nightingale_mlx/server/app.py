@@ -63,7 +63,7 @@ def create_app(tts, *, voices_dir, api_key=None, max_queue: int = 16, max_upload
     from fastapi import FastAPI, File, Form, Request, UploadFile
     from fastapi.responses import HTMLResponse
 
-    voices = VoiceStore(Path(tts.model_dir) / "voices", Path(voices_dir))
+    voices = VoiceStore(Path(tts.model_dir) / "voices", Path(voices_dir), tts.voice_file)
     worker = ModelWorker(tts, max_queue)
     settings = Settings(worker, voices, first_chunk_tokens, chunk_tokens, max_new_tokens)
     languages = list(SUPPORTED_LANGUAGES) if tts.t3.cfg.is_multilingual else ["en"]

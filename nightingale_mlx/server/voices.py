@@ -7,9 +7,8 @@ known dirs is ever opened, so `../x` or `/etc/passwd` cannot reach the file syst
 import os
 import re
 import tempfile
-import threading
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, List, Optional
 
 from .errors import APIError, one_line
 
@@ -29,12 +28,12 @@ def check_name(name: str, param: str = "voice") -> str:
 
 
 class VoiceStore:
-    """Looks voices up by name, loads them once (reloaded when the file changes), stores uploads."""
+    """Looks voices up by name, loads them through `load_file` (TTS.voice_file: kept while the file
+    is unchanged, with T3's stored prefix for each), stores uploads."""
 
-    def __init__(self, builtin_dir: Path, user_dir: Path):
+    def __init__(self, builtin_dir: Path, user_dir: Path, load_file: Callable[[Path], object]):
         self.builtin_dir, self.user_dir = Path(builtin_dir), Path(user_dir)
-        self._cache: Dict[Path, Tuple[float, object]] = {}
-        self._lock = threading.Lock()
+        self._load_file = load_file
 
     def names(self) -> List[str]:
         found = set()
@@ -57,21 +56,11 @@ class VoiceStore:
 
     def load(self, path: Path):
         """The Voice in PATH (call on the model's worker: MLX evaluates it there)."""
-        from ..voice import Voice
-
-        mtime = path.stat().st_mtime
-        with self._lock:
-            hit = self._cache.get(path)
-            if hit and hit[0] == mtime:
-                return hit[1]
         try:
-            voice = Voice.load(path)
+            return self._load_file(path)
         except ValueError as e:  # a broken file in a voices dir: the server's problem, said without its paths
             raise APIError(500, f"voice {path.stem!r} cannot be loaded: {one_line(e).replace(str(path), 'its file')}",
                            param="voice", code="voice_unreadable") from None
-        with self._lock:
-            self._cache[path] = (mtime, voice)
-        return voice
 
     def check_new(self, name: str) -> Path:
         """Where an upload named NAME goes; 409 if that name is taken (uploads never replace)."""
