@@ -1,5 +1,12 @@
 """Small builders shared by unit tests."""
 
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +38,37 @@ def write_original_t3(directory: Path, variant: str = "mtl-v2", seed: int = 0, d
     directory.mkdir(parents=True, exist_ok=True)
     save_file(state, str(directory / name))
     return directory
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def in_a_terminal(args, cache, until: bytes, interrupt: bool):
+    """Runs the CLI with stderr on a pty; reads until UNTIL, optionally sends SIGINT; (code, stderr).
+    Each wait is bounded (120 s) and the child never outlives the call."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "nightingale_mlx", *map(str, args)], cwd=ROOT,
+                            env={**os.environ, "NIGHTINGALE_CACHE": str(cache)},
+                            stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    err, deadline = b"", time.monotonic() + 120
+    try:
+        while until not in err:
+            if not select.select([master], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"{until!r} not on stderr within 120 s: {err!r}")
+            err += os.read(master, 4096)
+        if interrupt:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+        while chunk := os.read(master, 4096):
+            err += chunk
+    except OSError:  # EIO once the child has closed the terminal
+        code = proc.wait(timeout=120)
+    finally:
+        os.close(master)
+        if proc.poll() is None:  # a wait that timed out: the child must not outlive the test
+            proc.kill()
+            proc.wait()
+    return code, err.decode(errors="replace")

@@ -5,9 +5,6 @@ progress and Ctrl-C. Most commands run in-process through `cli.main(argv)`, whic
 
 import hashlib
 import os
-import pty
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +15,7 @@ import soundfile as sf
 
 from nightingale_mlx import blas
 from nightingale_mlx.cli import main
+from tests.helpers import in_a_terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_MODEL = ["--model", "/no/such/model"]  # an output error must come before this one
@@ -248,53 +246,26 @@ def test_unknown_characters_warn_once_with_the_prefix(cli, tmp_path, tts):
 
 # ------------------------------------------------------------------ 5. progress, Ctrl-C
 
-def _in_a_terminal(args, cache, until: bytes, interrupt: bool):
-    """Runs the CLI with stderr on a pty; reads until UNTIL, optionally sends SIGINT; (code, stderr)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "nightingale_mlx", *map(str, args)], cwd=ROOT,
-                            env={**os.environ, "NIGHTINGALE_CACHE": str(cache)},
-                            stdout=subprocess.DEVNULL, stderr=slave)
-    os.close(slave)
-    err, deadline = b"", time.monotonic() + 120
-    try:
-        while until not in err:
-            if not select.select([master], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                proc.kill()
-                proc.wait()
-                raise AssertionError(f"{until!r} not on stderr within 120 s: {err!r}")
-            err += os.read(master, 4096)
-        if interrupt:
-            proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=120)
-        while chunk := os.read(master, 4096):
-            err += chunk
-    except OSError:  # EIO once the child has closed the terminal
-        code = proc.wait(timeout=120)
-    finally:
-        os.close(master)
-    return code, err.decode(errors="replace")
-
-
 def test_progress_on_a_terminal_quiet_otherwise(cache, tmp_path, tts):
     text = "One sentence is here now. Another sentence is here now. A third sentence is here now."
-    code, err = _in_a_terminal(["speak", text, "--model", "synthetic", "-o", tmp_path / "x.wav",
+    code, err = in_a_terminal(["speak", text, "--model", "synthetic", "-o", tmp_path / "x.wav",
                                 "--max-new-tokens", "12"], cache, b"wrote", interrupt=False)
     assert code == 0, err
     assert "[3/3] sentences" in err and "tokens" in err and "RTF" in err, err
-    code, err = _in_a_terminal(["speak", text, "--model", "synthetic", "-o", tmp_path / "y.wav", "--quiet",
+    code, err = in_a_terminal(["speak", text, "--model", "synthetic", "-o", tmp_path / "y.wav", "--quiet",
                                 "--max-new-tokens", "12"], cache, b"wrote", interrupt=False)
     assert code == 0 and "sentences" not in err, err
 
 
 def test_ctrl_c_says_one_line_and_stream_keeps_what_was_made(cache, tmp_path, tts):
     out = tmp_path / "s.wav"
-    code, err = _in_a_terminal(["speak", LONG, "--model", "synthetic", "--stream", "-o", out,
+    code, err = in_a_terminal(["speak", LONG, "--model", "synthetic", "--stream", "-o", out,
                                 "--max-new-tokens", "30"], cache, b"s of speech", interrupt=True)
     assert code == 130 and "Traceback" not in err, err
     assert "interrupted; kept" in err and str(out) in err, err
     info = sf.info(str(out))
     assert info.samplerate == 24000 and info.frames > 0
     out = tmp_path / "g.wav"
-    code, err = _in_a_terminal(["speak", LONG, "--model", "synthetic", "-o", out, "--max-new-tokens", "5"],
+    code, err = in_a_terminal(["speak", LONG, "--model", "synthetic", "-o", out, "--max-new-tokens", "5"],
                                cache, b"[2/", interrupt=True)
     assert code == 130 and "nightingale: interrupted; nothing written" in err and not out.exists(), err

@@ -26,7 +26,7 @@ from nightingale_mlx.audio.io import AudioError
 from nightingale_mlx.synthetic import synthetic_voice_wav, write_checkpoint
 from nightingale_mlx.text import TextError, UnsupportedLanguageError, split_text
 from nightingale_mlx.voice import VoiceError
-from tests.helpers import write_original_t3
+from tests.helpers import in_a_terminal, write_original_t3
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ["t3", "s3gen", "cloning", "text"]  # the synthetic checkpoint has no conds.pt
@@ -316,28 +316,13 @@ def test_cli_debug_shows_the_traceback_and_usage_is_exit_2(cache, tts):
 
 
 def test_cli_interrupt_is_exit_130_and_writes_nothing(cache, tmp_path, tts):
-    import pty
-
     out = tmp_path / "x.wav"
-    env = {**os.environ, "NIGHTINGALE_CACHE": str(cache)}
     text = " ".join(f"Sentence number {i} is here." for i in range(200))
-    master, slave = pty.openpty()  # stderr a terminal: speak prints "[i/n]" per sentence
-    proc = subprocess.Popen([sys.executable, "-m", "nightingale_mlx", "speak", text, "--model", "synthetic",
-                             "-o", str(out), "--max-new-tokens", "5"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=slave)
-    os.close(slave)
-    err = b""
-    while b"[2/200]" not in err:  # interrupt mid-generation, not during start-up imports
-        err += os.read(master, 4096)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
-    try:
-        while chunk := os.read(master, 4096):
-            err += chunk
-    except OSError:  # EIO once the child has closed the terminal
-        pass
-    os.close(master)
-    assert b"Traceback" not in err, err
+    # stderr a terminal: speak prints "[i/n]" per sentence; interrupt mid-generation, not during imports
+    code, err = in_a_terminal(["speak", text, "--model", "synthetic", "-o", out, "--max-new-tokens", "5"], cache,
+                              b"[2/200]", interrupt=True)
+    assert code == 130
+    assert "Traceback" not in err, err
     assert not out.exists()
 
 
