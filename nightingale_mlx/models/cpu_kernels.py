@@ -85,14 +85,14 @@ def _split(n: int, work, parallel: bool) -> None:
     other.result()
 
 
-def _softmax_(a: np.ndarray) -> None:
+def softmax_(a: np.ndarray) -> None:
     """In-place softmax over the last axis of a float32 array."""
     a -= a.max(axis=-1, keepdims=True)
     np.exp(a, out=a)
     a *= 1.0 / a.sum(axis=-1, keepdims=True)
 
 
-def _numpy_f32(a: mx.array) -> np.ndarray:
+def numpy_f32(a: mx.array) -> np.ndarray:
     """Evaluates `a`; fp32 arrays come back as zero-copy (possibly strided) views: copying a fresh
     KV-cache slice cost ~1 ms per layer in page faults here."""
     return np.asarray(a if a.dtype == mx.float32 else a.astype(mx.float32))
@@ -107,9 +107,9 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: Optiona
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal" if causal else bias)
     B, H, Tq, _ = q.shape  # fp16 flows run in fp32 here
     Tk = k.shape[2]
-    qs = (_numpy_f32(q) * np.float32(scale)).reshape(B * H, Tq, -1)
-    ks, vs = _numpy_f32(k).reshape(B * H, Tk, -1), _numpy_f32(v).reshape(B * H, Tk, -1)
-    bs = None if bias is None else np.broadcast_to(_numpy_f32(bias), (B, H, Tq, Tk)).reshape(B * H, Tq, Tk)
+    qs = (numpy_f32(q) * np.float32(scale)).reshape(B * H, Tq, -1)
+    ks, vs = numpy_f32(k).reshape(B * H, Tk, -1), numpy_f32(v).reshape(B * H, Tk, -1)
+    bs = None if bias is None else np.broadcast_to(numpy_f32(bias), (B, H, Tq, Tk)).reshape(B * H, Tq, Tk)
     if causal and Tq > 1:
         assert bias is None, "causal attention takes no bias"
         causal_bias = np.triu(np.full((Tq, Tk), -np.inf, np.float32), k=Tk - Tq + 1)
@@ -120,7 +120,7 @@ def attention(q: mx.array, k: mx.array, v: mx.array, scale: float, bias: Optiona
         scores = qs[lo:hi] @ ks[lo:hi].swapaxes(-1, -2)
         if bs is not None:
             scores += bs[lo:hi]
-        _softmax_(scores)
+        softmax_(scores)
         np.matmul(scores, vs[lo:hi], out=out[lo:hi])
 
     with _own_threads():
@@ -141,7 +141,7 @@ def gelu_tanh(x: mx.array) -> mx.array:
     214 rows, this ~2 ms)."""
     if not on_cpu():
         return nn.gelu_approx(x)
-    return mx.array(gelu_tanh_numpy(_numpy_f32(x))).astype(x.dtype)
+    return mx.array(gelu_tanh_numpy(numpy_f32(x))).astype(x.dtype)
 
 
 def gelu_tanh_numpy(a: np.ndarray) -> np.ndarray:
@@ -161,8 +161,8 @@ def gelu_tanh_numpy(a: np.ndarray) -> np.ndarray:
 def snake(x: mx.array, alpha: mx.array, eps: float) -> mx.array:
     """HiFT's Snake, x + 1/(alpha + eps) * sin^2(alpha x) per channel (last axis), in fp32 numpy:
     MLX's CPU sin runs one scalar at a time (~120 ms of a 270 ms HiFT call at 18 frames)."""
-    xf = _numpy_f32(x)
-    a = _numpy_f32(alpha)
+    xf = numpy_f32(x)
+    a = numpy_f32(alpha)
     t = xf * a
     np.sin(t, out=t)
     np.square(t, out=t)
@@ -255,7 +255,7 @@ class BlasLinear(nn.Linear):
         if not on_cpu():
             return super().__call__(x)
         if self.weight.dtype == F32 and _rows(x) <= GEMV_MAX_ROWS:
-            y = gemv(_numpy_f32(x).reshape(-1, x.shape[-1]), self._numpy_weight())
+            y = gemv(numpy_f32(x).reshape(-1, x.shape[-1]), self._numpy_weight())
             return _finish(self, mx.array(y).reshape(*x.shape[:-1], -1), x.dtype)
         if x.dtype == F32 and self.weight.dtype == F32:
             return super().__call__(x)

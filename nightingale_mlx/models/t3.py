@@ -22,7 +22,7 @@ from mlx_lm.models.llama import Attention, LlamaModel, ModelArgs
 from ..alignment import AlignmentStreamAnalyzer
 from ..config import T3Config
 from ..sampling import SamplingParams, apply_cfg, make_sampler, process_logits
-from .cpu_kernels import attention, gelu_tanh, gelu_tanh_numpy, gemv, on_cpu
+from .cpu_kernels import attention, gelu_tanh, gelu_tanh_numpy, gemv, numpy_f32, on_cpu, softmax_
 from .perceiver import Perceiver
 
 
@@ -131,7 +131,7 @@ class GPT2Backbone(GPT2Model):
 
     def __call__(self, embeds: mx.array, cache: Sequence[KVCache]) -> mx.array:
         if embeds.shape[:2] == (1, 1) and on_cpu() and self.h[0].attn.c_attn.weight.dtype == mx.float32:
-            return mx.array(self._numpy_step(_numpy(embeds).reshape(-1), cache)).reshape(embeds.shape)
+            return mx.array(self._numpy_step(numpy_f32(embeds).reshape(-1), cache)).reshape(embeds.shape)
         offset = cache[0].offset
         h = embeds + self.wpe(mx.arange(offset, offset + embeds.shape[1])).astype(embeds.dtype)
         mask = create_attention_mask(h, cache[0])
@@ -143,33 +143,26 @@ class GPT2Backbone(GPT2Model):
         """One decode step of the fp32 stack in numpy: (D,) embedding -> (D,) normed hidden. On the
         CPU a step of MLX ops between the numpy products spent ~30% of its time in MLX evaluations
         (~190 per step); this has none. The same arithmetic as the blocks above (tested equal)."""
-        h = x + _numpy(self.wpe.weight)[cache[0].offset]
+        h = x + numpy_f32(self.wpe.weight)[cache[0].offset]
         for layer, c in zip(self.h, cache):
             attn = layer.attn
             q, k, v = np.split(_linear(_layer_norm(h, layer.ln_1), attn.c_attn).reshape(3, attn.n_head, -1), 3)
             keys, values = _append_row(c, k[0], v[0])
             scores = (keys @ (q[0] * np.float32(attn.scale))[:, :, None])[..., 0]  # (H, S)
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
+            softmax_(scores)
             h = h + _linear((scores[:, None] @ values).reshape(-1), attn.c_proj)
             h = h + _linear(gelu_tanh_numpy(_linear(_layer_norm(h, layer.ln_2), layer.mlp.c_fc)), layer.mlp.c_proj)
         return _layer_norm(h, self.ln_f)
 
 
-def _numpy(a: mx.array) -> np.ndarray:
-    """A zero-copy numpy view of an fp32 array (evaluates it)."""
-    return np.asarray(a)
-
-
 def _layer_norm(x: np.ndarray, ln: nn.LayerNorm) -> np.ndarray:
     mean = x.mean()
     centred = x - mean
-    return centred / np.sqrt(np.mean(centred * centred) + np.float32(ln.eps)) * _numpy(ln.weight) + _numpy(ln.bias)
+    return centred / np.sqrt(np.mean(centred * centred) + np.float32(ln.eps)) * numpy_f32(ln.weight) + numpy_f32(ln.bias)
 
 
 def _linear(x: np.ndarray, layer: nn.Linear) -> np.ndarray:
-    return gemv(x[None], _numpy(layer.weight))[0] + _numpy(layer.bias)
+    return gemv(x[None], numpy_f32(layer.weight))[0] + numpy_f32(layer.bias)
 
 
 def _append_row(cache: KVCache, k: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -178,10 +171,10 @@ def _append_row(cache: KVCache, k: np.ndarray, v: np.ndarray) -> Tuple[np.ndarra
     if cache.keys is None or cache.offset >= cache.keys.shape[2]:
         cache.update_and_fetch(mx.array(k[None, :, None]), mx.array(v[None, :, None]))
     else:
-        _numpy(cache.keys)[0, :, cache.offset] = k
-        _numpy(cache.values)[0, :, cache.offset] = v
+        numpy_f32(cache.keys)[0, :, cache.offset] = k
+        numpy_f32(cache.values)[0, :, cache.offset] = v
         cache.offset += 1
-    return _numpy(cache.keys)[0, :, : cache.offset], _numpy(cache.values)[0, :, : cache.offset]
+    return numpy_f32(cache.keys)[0, :, : cache.offset], numpy_f32(cache.values)[0, :, : cache.offset]
 
 
 class T3(nn.Module):
