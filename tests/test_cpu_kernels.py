@@ -74,9 +74,14 @@ def test_reduced_precision_linears_match_mlx_kernels(bits):
 
 @pytest.mark.parametrize("shape", [(1, 1, 1024), (2, 1, 1024), (1, 3, 64)])  # decode, CFG decode, narrow
 def test_fp32_decode_linears_match_mlx(shape):
-    """Few-row fp32 products take the blocked numpy gemv (two threads once the weight has 512+ rows)."""
+    """Few-row fp32 products take sgemv: the preloaded OpenBLAS's when there is one (CI runs these
+    tests with and without it), else the blocked numpy gemv (two threads from 512 weight rows)."""
+    import os
+
     from nightingale_mlx import quant
-    from nightingale_mlx.models.cpu_kernels import BlasLinear
+    from nightingale_mlx.models.cpu_kernels import BlasLinear, _mlx_openblas
+
+    assert (_mlx_openblas() is not None) == ("openblas" in os.environ.get("LD_PRELOAD", ""))
 
     holder = nn.Module()
     holder.layers = [nn.Linear(shape[-1], 1100), nn.Linear(shape[-1], 8, bias=False)]

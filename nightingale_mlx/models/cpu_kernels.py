@@ -224,9 +224,9 @@ def _finish(layer: nn.Module, y: mx.array, dtype: mx.Dtype) -> mx.array:
 
 
 # Decode-sized products (T3: 1 row, 2 with CFG) reach MLX's CPU matmul as sgemm, which packs the
-# whole weight first: 2 x 1024 x 4096 streams ~3 GB/s. numpy's sgemv streams ~11 GB/s per core; the
-# rows of a weight block are multiplied by every input row while the block sits in L2, and the
-# blocks are split over two threads (numpy releases the GIL).
+# whole weight first: 2 x 1024 x 4096 streams ~3 GB/s. They run as sgemv instead: on the preloaded
+# OpenBLAS when there is one (_mlx_openblas), else numpy's, the rows of a weight block multiplied by
+# every input row while the block sits in L2, the blocks split over two threads (numpy releases the GIL).
 GEMV_MAX_ROWS = 4
 GEMV_BLOCK_BYTES = 1 << 19  # a block of fp32 weight rows that stays in a 1 MB L2
 
@@ -242,9 +242,39 @@ def _gemv_part(w: np.ndarray, x: np.ndarray, out: np.ndarray, start: int, end: i
             np.dot(w[s:e], x[r], out=out[r, s:e])
 
 
+CBLAS_ROW_MAJOR, CBLAS_NO_TRANS = 101, 111
+
+
+@lru_cache(maxsize=1)
+def _mlx_openblas():
+    """The OpenBLAS that MLX's CPU matmuls run on when it is preloaded (Linux, see blas.py), through
+    ctypes; None otherwise. Its sgemv uses MLX's own thread pool, whose workers spin between calls:
+    our split over two Python threads waited on each hand-off (96 a GPT-2 medium step), and numpy's
+    own OpenBLAS pool spins on after its calls and slowed the MLX work that followed."""
+    paths = [p for p in os.environ.get("LD_PRELOAD", "").split() if "openblas" in p]
+    try:
+        lib = ctypes.CDLL(paths[0]) if paths else None
+    except OSError:
+        return None
+    if lib is None or not hasattr(lib, "cblas_sgemv"):
+        return None
+    c_int, c_float, c_ptr = ctypes.c_int, ctypes.c_float, ctypes.c_void_p  # LP64: 32-bit ints
+    lib.cblas_sgemv.restype = None
+    lib.cblas_sgemv.argtypes = [c_int, c_int, c_int, c_int, c_float, c_ptr, c_int, c_ptr, c_int, c_float, c_ptr, c_int]
+    return lib
+
+
 def gemv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x @ w.T for a few fp32 rows x (R, I) and an fp32 weight w (O, I), streaming w once."""
+    """x @ w.T for a few fp32 rows x (R, I) and an fp32 weight w (O, I)."""
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    lib = _mlx_openblas()
+    if lib is not None and w.flags.c_contiguous and x.flags.c_contiguous:
+        # One sgemv per row: a second row finds the weight in L3 (<= 16 MB here).
+        O, I = w.shape
+        for r in range(x.shape[0]):
+            lib.cblas_sgemv(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, O, I, 1.0, w.ctypes.data, I, x[r].ctypes.data, 1, 0.0,
+                            out[r].ctypes.data, 1)
+        return out
     with _own_threads():
         _split(w.shape[0], lambda lo, hi: _gemv_part(w, x, out, lo, hi), w.shape[0] >= 512)
     return out
