@@ -17,6 +17,10 @@ from nightingale_mlx.config import T3Config
 from tests.reference.sizes import TINY_T3
 from tests.reference.weights import random_state_dict
 
+# At full size, HiFT's fp16 Core ML waveform falls just short of 30 dB on random weights (28.5 dB
+# English, 29.0 dB Turbo; README "iOS"): the full-size bundle tests hold it to this floor instead.
+HIFT_WAV_FLOOR_DB = 28.0
+
 
 def tiny_t3_config(**kw) -> T3Config:
     return T3Config(**{**TINY_T3, "alignment_heads": [[3, 1], [2, 0], [1, 1]], **kw})

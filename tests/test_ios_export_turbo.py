@@ -17,6 +17,7 @@ ct = pytest.importorskip("coremltools", reason="Core ML export needs coremltools
 from ios_export.export import ExportError, export_ios  # noqa: E402
 from ios_export.verify import MAX_REL_ERR, verify  # noqa: E402
 from ios_export.verify_s3gen import MIN_SNR_DB  # noqa: E402
+from tests.helpers import HIFT_WAV_FLOOR_DB  # noqa: E402
 
 CONTEXT, TEXT_SLOT, COND_SLOT = 64, 16, 32
 CHUNK_FRAMES, VOCODER_FRAMES = 24, 8
@@ -191,4 +192,4 @@ def test_full_size_turbo_q4_bundle(tmp_path):
                       "hift": {k: hift[k] for k in ("wav_snr_db", "source_stft_snr_db", "clipped_fraction")}}, indent=1))
     assert t3["numerics"]["ok"] and t3["codes"]["codes_equal"] and t3["weight_fraction_of_fp32"] <= Q4_MAX_FRACTION
     assert flow["ok"] and flow["mel_snr_db"] >= MIN_SNR_DB and s3gen["flow"]["codes"]["codes_equal"]
-    assert s3gen["precision_ok"] and hift["source_stft_snr_db"] >= MIN_SNR_DB
+    assert s3gen["precision_ok"] and hift["source_stft_snr_db"] >= MIN_SNR_DB and hift["wav_snr_db"] >= HIFT_WAV_FLOOR_DB
