@@ -47,13 +47,19 @@ def write_original_t3(directory: Path, variant: str = "mtl-v2", seed: int = 0, d
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _default_sigint():
+    # A shell without job control starts background jobs with SIGINT ignored, and a Python child
+    # then keeps ignoring it: the Ctrl-C these tests send must reach the CLI's own handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def in_a_terminal(args, cache, until: bytes, interrupt: bool):
     """Runs the CLI with stderr on a pty; reads until UNTIL, optionally sends SIGINT; (code, stderr).
     Each wait is bounded (120 s) and the child never outlives the call."""
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "nightingale_mlx", *map(str, args)], cwd=ROOT,
                             env={**os.environ, "NIGHTINGALE_CACHE": str(cache)},
-                            stdout=subprocess.DEVNULL, stderr=slave)
+                            stdout=subprocess.DEVNULL, stderr=slave, preexec_fn=_default_sigint)
     os.close(slave)
     err, deadline = b"", time.monotonic() + 120
     try:

@@ -97,6 +97,16 @@ def test_fp32_decode_linears_match_mlx(shape):
     np.testing.assert_allclose(np.array(layer(x)), np.array(nn.Linear.__call__(layer, x)), rtol=1e-5, atol=1e-5)
 
 
+def test_gemv_strided_rows_take_the_numpy_path():
+    """sgemv through ctypes reads raw pointers: rows that are not one contiguous fp32 block (a view)
+    take numpy's path, so the product stays right either way."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((600, 64), dtype=np.float32)
+    x = rng.standard_normal((2, 128), dtype=np.float32)[:, ::2]
+    np.testing.assert_allclose(cpu_kernels.gemv(x, w), x @ w.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cpu_kernels.gemv(np.ascontiguousarray(x), w), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
 def test_exp_matches_mlx():
     from nightingale_mlx.models.cpu_kernels import exp
 

@@ -268,7 +268,7 @@ def gemv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x @ w.T for a few fp32 rows x (R, I) and an fp32 weight w (O, I)."""
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     lib = _mlx_openblas()
-    if lib is not None and w.flags.c_contiguous and x.flags.c_contiguous:
+    if lib is not None and x.dtype == w.dtype == np.float32 and w.flags.c_contiguous and x.flags.c_contiguous:
         # One sgemv per row: a second row finds the weight in L3 (<= 16 MB here).
         O, I = w.shape
         for r in range(x.shape[0]):
