@@ -167,9 +167,11 @@ def test_snake_matches_mlx():
                                    rtol=2e-3 if dtype == mx.float16 else 1e-5, atol=1e-3 if dtype == mx.float16 else 2e-5)
 
 
-def test_gpt2_numpy_decode_step_matches_mlx_lm():
-    """The GPT-2 stack's numpy decode step equals mlx-lm's blocks (NIGHTINGALE_MLX_NATIVE's path):
-    steps after a prefill, across the cache's growth (256 rows), cache contents included."""
+@pytest.mark.parametrize("backbone,batch", [("gpt2", 1), ("llama", 1), ("llama", 2), ("llama-rope", 2)])
+def test_numpy_decode_step_matches_mlx_lm(backbone, batch):
+    """The fp32 stacks' numpy decode steps (GPT-2; the Llama at batch 1 and as the CFG pair, with
+    Llama 3 and plain RoPE) equal mlx-lm's blocks (NIGHTINGALE_MLX_NATIVE's path): steps after a
+    prefill, across the cache's growth (256 rows), cache contents included."""
     from mlx.utils import tree_flatten, tree_unflatten
 
     from nightingale_mlx.config import T3Config
@@ -177,25 +179,30 @@ def test_gpt2_numpy_decode_step_matches_mlx_lm():
     from nightingale_mlx.models.t3 import T3
     from tests.reference.weights import random_state_dict
 
-    cfg = T3Config(backbone="gpt2", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=4, text_vocab_size=300, speech_vocab_size=6563, learned_input_pos=False,
-                   use_perceiver=False, emotion_adv=False, speech_head_bias=True, repeat_bos=False,
-                   bos_always_penalised=False, prefill_token_stops=False, alignment_heads=[])
+    sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
+    if backbone == "gpt2":
+        cfg = T3Config(backbone="gpt2", **sizes, text_vocab_size=300, speech_vocab_size=6563, learned_input_pos=False,
+                       use_perceiver=False, emotion_adv=False, speech_head_bias=True, repeat_bos=False,
+                       bos_always_penalised=False, prefill_token_stops=False, alignment_heads=[])
+    else:
+        cfg = T3Config(**sizes, head_dim=16, intermediate_size=96, text_vocab_size=300, speech_vocab_size=600,
+                       **({"rope_scaling": None, "rope_theta": 10000.0} if backbone == "llama-rope" else {}))
     model = T3(cfg)
     spec = [(k, v.shape) for k, v in tree_flatten(model.parameters())]
     model.update(tree_unflatten([(k, mx.array(v)) for k, v in random_state_dict(spec, 5).items()]))
-    prefill = mx.random.normal((1, 250, 64), key=mx.random.key(0))
+    prefill = mx.random.normal((batch, 250, 64), key=mx.random.key(0))
     ours, theirs = model.make_cache(), model.make_cache()
     model(prefill, ours)
     model(prefill, theirs)
     for step in range(10):
-        x = mx.random.normal((1, 1, 64), key=mx.random.key(step + 1))
+        x = mx.random.normal((batch, 1, 64), key=mx.random.key(step + 1))
         got, _ = model(x, ours)
         cpu_kernels.MLX_NATIVE = True
         try:
             want, _ = model(x, theirs)
         finally:
             cpu_kernels.MLX_NATIVE = False
+        assert got.shape == want.shape == (batch, 1, 64)
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-5, atol=2e-5)
     assert ours[0].offset == theirs[0].offset == 260 and ours[0].keys.shape[2] == 512
     for a, b in zip(ours, theirs):

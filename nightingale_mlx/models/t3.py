@@ -22,7 +22,7 @@ from mlx_lm.models.llama import Attention, LlamaModel, ModelArgs
 from ..alignment import AlignmentStreamAnalyzer
 from ..config import T3Config
 from ..sampling import SamplingParams, apply_cfg, make_sampler, process_logits
-from .cpu_kernels import attention, gelu_tanh, gelu_tanh_numpy, gemv, numpy_f32, on_cpu, softmax_
+from .cpu_kernels import GEMV_MAX_ROWS, attention, gelu_tanh, gelu_tanh_numpy, gemv, numpy_f32, on_cpu, softmax_
 from .perceiver import Perceiver
 
 
@@ -113,6 +113,33 @@ class Backbone(LlamaModel):
         for layer in self.layers:
             layer.self_attn.__class__ = CpuAttention  # same parameters, one overridden __call__
 
+    def numpy_step_fits(self, embeds: mx.array) -> bool:
+        """A decode step (1 position, 1 row or the CFG pair) of the fp32 stack on the CPU."""
+        attn = self.layers[0].self_attn
+        return (embeds.shape[1] == 1 and embeds.shape[0] <= GEMV_MAX_ROWS and on_cpu()
+                and attn.q_proj.weight.dtype == mx.float32 and attn.n_kv_heads == attn.n_heads
+                and _inverse_frequencies(attn.rope) is not None)
+
+    def numpy_step(self, embeds: mx.array, cache: Sequence[KVCache]) -> mx.array:
+        """One decode step in numpy, (B, 1, D) embeddings -> (B, 1, D) normed hidden: as
+        GPT2Backbone.numpy_step, no MLX evaluation between the products (a CFG step of mlx-lm's
+        blocks ran ~10 per layer). The same arithmetic as the blocks (tested equal)."""
+        h = numpy_f32(embeds)[:, 0]  # (B, D)
+        B = h.shape[0]
+        cos, sin = _rope_table(self.layers[0].self_attn.rope, cache[0].offset)  # one RoPE for every layer
+        for layer, c in zip(self.layers, cache):
+            attn = layer.self_attn
+            x = _rms_norm(h, layer.input_layernorm)
+            q, k, v = (_linear(x, p).reshape(B, attn.n_heads, -1) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+            keys, values = _append_row(c, _rope(k, cos, sin), v)
+            scores = (keys @ (_rope(q, cos, sin) * np.float32(attn.scale))[..., None])[..., 0]  # (B, H, S)
+            softmax_(scores)
+            h = h + _linear((scores[:, :, None] @ values).reshape(B, -1), attn.o_proj)
+            x = _rms_norm(h, layer.post_attention_layernorm)
+            gate, up = _linear(x, layer.mlp.gate_proj), _linear(x, layer.mlp.up_proj)
+            h = h + _linear(gate / (1.0 + np.exp(-gate)) * up, layer.mlp.down_proj)  # silu(gate) * up
+        return mx.array(_rms_norm(h, self.norm)[:, None])
+
 
 class GPT2Backbone(GPT2Model):
     """mlx-lm's GPT-2 stack without its token embedding (the reference deletes `tfmr.wte`): input
@@ -130,8 +157,6 @@ class GPT2Backbone(GPT2Model):
         return self.h
 
     def __call__(self, embeds: mx.array, cache: Sequence[KVCache]) -> mx.array:
-        if embeds.shape[:2] == (1, 1) and on_cpu() and self.h[0].attn.c_attn.weight.dtype == mx.float32:
-            return mx.array(self._numpy_step(numpy_f32(embeds).reshape(-1), cache)).reshape(embeds.shape)
         offset = cache[0].offset
         h = embeds + self.wpe(mx.arange(offset, offset + embeds.shape[1])).astype(embeds.dtype)
         mask = create_attention_mask(h, cache[0])
@@ -139,20 +164,24 @@ class GPT2Backbone(GPT2Model):
             h = layer(h, mask, cache=c)
         return self.ln_f(h)
 
-    def _numpy_step(self, x: np.ndarray, cache: Sequence[KVCache]) -> np.ndarray:
-        """One decode step of the fp32 stack in numpy: (D,) embedding -> (D,) normed hidden. On the
-        CPU a step of MLX ops between the numpy products spent ~30% of its time in MLX evaluations
-        (~190 per step); this has none. The same arithmetic as the blocks above (tested equal)."""
-        h = x + numpy_f32(self.wpe.weight)[cache[0].offset]
+    def numpy_step_fits(self, embeds: mx.array) -> bool:
+        """A decode step (1 position, batch 1) of the fp32 stack on the CPU."""
+        return embeds.shape[:2] == (1, 1) and on_cpu() and self.h[0].attn.c_attn.weight.dtype == mx.float32
+
+    def numpy_step(self, embeds: mx.array, cache: Sequence[KVCache]) -> mx.array:
+        """One decode step of the fp32 stack in numpy, (1, 1, D) embedding -> (1, 1, D) normed hidden.
+        On the CPU a step of MLX ops between the numpy products spent ~30% of its time in MLX
+        evaluations (~190 per step); this has none. The same arithmetic as the blocks (tested equal)."""
+        h = numpy_f32(embeds).reshape(-1) + numpy_f32(self.wpe.weight)[cache[0].offset]
         for layer, c in zip(self.h, cache):
             attn = layer.attn
             q, k, v = np.split(_linear(_layer_norm(h, layer.ln_1), attn.c_attn).reshape(3, attn.n_head, -1), 3)
-            keys, values = _append_row(c, k[0], v[0])
+            keys, values = (a[0] for a in _append_row(c, k, v))
             scores = (keys @ (q[0] * np.float32(attn.scale))[:, :, None])[..., 0]  # (H, S)
             softmax_(scores)
             h = h + _linear((scores[:, None] @ values).reshape(-1), attn.c_proj)
             h = h + _linear(gelu_tanh_numpy(_linear(_layer_norm(h, layer.ln_2), layer.mlp.c_fc)), layer.mlp.c_proj)
-        return _layer_norm(h, self.ln_f)
+        return mx.array(_layer_norm(h, self.ln_f)).reshape(embeds.shape)
 
 
 def _layer_norm(x: np.ndarray, ln: nn.LayerNorm) -> np.ndarray:
@@ -161,20 +190,52 @@ def _layer_norm(x: np.ndarray, ln: nn.LayerNorm) -> np.ndarray:
     return centred / np.sqrt(np.mean(centred * centred) + np.float32(ln.eps)) * numpy_f32(ln.weight) + numpy_f32(ln.bias)
 
 
+def _rms_norm(x: np.ndarray, norm: nn.RMSNorm) -> np.ndarray:
+    """mx.fast.rms_norm over the last axis of (R, D) fp32 rows."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(norm.eps)) * numpy_f32(norm.weight)
+
+
 def _linear(x: np.ndarray, layer: nn.Linear) -> np.ndarray:
-    return gemv(x[None], numpy_f32(layer.weight))[0] + numpy_f32(layer.bias)
+    """layer(x) for one (D,) row or a few (R, D) rows."""
+    y = gemv(x.reshape(-1, x.shape[-1]), numpy_f32(layer.weight)).reshape(*x.shape[:-1], -1)
+    return y + numpy_f32(layer.bias) if "bias" in layer else y
+
+
+def _inverse_frequencies(rope) -> Optional[np.ndarray]:
+    """The (dims/2,) angular frequencies of mlx-lm's Llama3RoPE or nn.RoPE (not traditional, whole
+    head); None for other variants, which keep MLX's kernel."""
+    if getattr(rope, "traditional", True):
+        return None
+    half = np.arange(0, rope.dims, 2, dtype=np.float64) / rope.dims
+    if isinstance(rope, nn.RoPE):
+        return getattr(rope, "scale", 1.0) * rope.base ** -half
+    if type(rope).__name__ == "Llama3RoPE":
+        return 1.0 / np.asarray(rope._freqs, np.float64)
+    return None
+
+
+def _rope_table(rope, position: int) -> Tuple[np.ndarray, np.ndarray]:
+    angles = position * _inverse_frequencies(rope)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotates (..., d) rows at one position, halves paired as mx.fast.rope(traditional=False)."""
+    n = cos.shape[0]
+    a, b = x[..., :n], x[..., n:2 * n]
+    return np.concatenate([a * cos - b * sin, a * sin + b * cos, x[..., 2 * n:]], axis=-1)
 
 
 def _append_row(cache: KVCache, k: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Appends one (H, d) row to an fp32 KVCache; returns its (H, S, d) keys and values so far.
+    """Appends one (B, H, d) row to an fp32 KVCache; returns its (B, H, S, d) keys and values so far.
     Rows are written into the cache's buffers through zero-copy views; MLX grows them when full."""
     if cache.keys is None or cache.offset >= cache.keys.shape[2]:
-        cache.update_and_fetch(mx.array(k[None, :, None]), mx.array(v[None, :, None]))
+        cache.update_and_fetch(mx.array(k[:, :, None]), mx.array(v[:, :, None]))
     else:
-        numpy_f32(cache.keys)[0, :, cache.offset] = k
-        numpy_f32(cache.values)[0, :, cache.offset] = v
+        numpy_f32(cache.keys)[:, :, cache.offset] = k
+        numpy_f32(cache.values)[:, :, cache.offset] = v
         cache.offset += 1
-    return numpy_f32(cache.keys)[0, :, : cache.offset], numpy_f32(cache.values)[0, :, : cache.offset]
+    return numpy_f32(cache.keys)[:, :, : cache.offset], numpy_f32(cache.values)[:, :, : cache.offset]
 
 
 class T3(nn.Module):
@@ -258,6 +319,8 @@ class T3(nn.Module):
         With `align_from`, also returns the mean attention of the analyzer's heads, CFG row 0,
         for query rows `align_from:` of this chunk over all keys: (rows, keys).
         """
+        if align_from is None and self.tfmr.numpy_step_fits(embeds):
+            return self.tfmr.numpy_step(embeds, cache), None
         if self.cfg.is_gpt2:
             return self.tfmr(embeds, cache), None  # no analyzer on the Turbo path
         h = embeds
