@@ -196,6 +196,7 @@ def test_numpy_decode_step_matches_mlx_lm(backbone, batch):
     model(prefill, theirs)
     for step in range(10):
         x = mx.random.normal((batch, 1, 64), key=mx.random.key(step + 1))
+        assert model.tfmr.numpy_step_fits(x)  # the path under test is the one taken
         got, _ = model(x, ours)
         cpu_kernels.MLX_NATIVE = True
         try:
