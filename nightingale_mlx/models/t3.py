@@ -131,10 +131,7 @@ class Backbone(LlamaModel):
             attn = layer.self_attn
             x = _rms_norm(h, layer.input_layernorm)
             q, k, v = (_linear(x, p).reshape(B, attn.n_heads, -1) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-            keys, values = _append_row(c, _rope(k, cos, sin), v)
-            scores = (keys @ (_rope(q, cos, sin) * np.float32(attn.scale))[..., None])[..., 0]  # (B, H, S)
-            softmax_(scores)
-            h = h + _linear((scores[:, :, None] @ values).reshape(B, -1), attn.o_proj)
+            h = h + _linear(_step_attention(c, _rope(q, cos, sin), _rope(k, cos, sin), v, attn.scale), attn.o_proj)
             x = _rms_norm(h, layer.post_attention_layernorm)
             gate, up = _linear(x, layer.mlp.gate_proj), _linear(x, layer.mlp.up_proj)
             h = h + _linear(gate / (1.0 + np.exp(-gate)) * up, layer.mlp.down_proj)  # silu(gate) * up
@@ -176,10 +173,7 @@ class GPT2Backbone(GPT2Model):
         for layer, c in zip(self.h, cache):
             attn = layer.attn
             q, k, v = np.split(_linear(_layer_norm(h, layer.ln_1), attn.c_attn).reshape(3, attn.n_head, -1), 3)
-            keys, values = (a[0] for a in _append_row(c, k, v))
-            scores = (keys @ (q[0] * np.float32(attn.scale))[:, :, None])[..., 0]  # (H, S)
-            softmax_(scores)
-            h = h + _linear((scores[:, None] @ values).reshape(-1), attn.c_proj)
+            h = h + _linear(_step_attention(c, q, k, v, attn.scale)[0], attn.c_proj)
             h = h + _linear(gelu_tanh_numpy(_linear(_layer_norm(h, layer.ln_2), layer.mlp.c_fc)), layer.mlp.c_proj)
         return mx.array(_layer_norm(h, self.ln_f)).reshape(embeds.shape)
 
@@ -224,6 +218,15 @@ def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     n = cos.shape[0]
     a, b = x[..., :n], x[..., n:2 * n]
     return np.concatenate([a * cos - b * sin, a * sin + b * cos, x[..., 2 * n:]], axis=-1)
+
+
+def _step_attention(cache: KVCache, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+    """One decode step's attention: appends the (B, H, d) key/value row, attends the (B, H, d)
+    queries over the cache; (B, H * d)."""
+    keys, values = _append_row(cache, k, v)
+    scores = (keys @ (q * np.float32(scale))[..., None])[..., 0]  # (B, H, S)
+    softmax_(scores)
+    return (scores[:, :, None] @ values).reshape(q.shape[0], -1)
 
 
 def _append_row(cache: KVCache, k: np.ndarray, v: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
